@@ -1,0 +1,1 @@
+"""The ``batchcraft`` command: thin typer wrappers around library code."""

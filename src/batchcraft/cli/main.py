@@ -1,0 +1,161 @@
+"""``batchcraft`` command line: ``info``, ``bench``, ``reproduce`` and component sub-commands.
+
+Component command groups (``lm``, ``nvs``, ``graph``) live in their own modules under
+``batchcraft/cli/``; each exposes ``register(app: typer.Typer)`` and is listed in
+:data:`SUBCOMMANDS`. A listed module that does not exist yet is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="batchcraft",
+    help="Efficient mini-batch training for PyTorch: seven research results, tested and measured.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# group name -> (help, modules that add commands to it)
+SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
+    "lm": ("LaCT language model: train, eval, generate.", ["batchcraft.cli.lm"]),
+    "nvs": ("LaCT novel view synthesis toy: train, eval, render.", ["batchcraft.cli.nvs"]),
+    "graph": (
+        "Graph learning: GraphSAGE with zero-copy gathering, RpHGNN.",
+        ["batchcraft.cli.graph_sage", "batchcraft.cli.graph_rphgnn"],
+    ),
+    "selection": (
+        "Mini-batch selection: hard batches, CoLM coresets.",
+        ["batchcraft.cli.hard_batches", "batchcraft.cli.colm"],
+    ),
+}
+
+
+def _attach_subcommands() -> None:
+    for group, (help_text, modules) in SUBCOMMANDS.items():
+        present = [m for m in modules if importlib.util.find_spec(m) is not None]
+        if not present:
+            continue
+        sub = typer.Typer(help=help_text, no_args_is_help=True)
+        for m in present:
+            importlib.import_module(m).register(sub)
+        app.add_typer(sub, name=group)
+
+
+@app.command()
+def info(
+    peak: Annotated[
+        bool, typer.Option(help="Measure fp32 batched-matmul GFLOP/s and copy GB/s.")
+    ] = True,
+) -> None:
+    """Versions, CUDA, Triton, threads, and this machine's measured matmul and copy limits."""
+    from rich.table import Table
+
+    from batchcraft import __version__
+    from batchcraft._capabilities import summary
+    from batchcraft.utils.bench import copy_bandwidth_gbs, matmul_peak_gflops
+    from batchcraft.utils.progress import console
+
+    table = Table(title=f"batchcraft {__version__}", show_header=False)
+    for k, v in summary().items():
+        table.add_row(k, "—" if v is None else str(v))
+    if peak:
+        table.add_row("fp32 bmm GFLOP/s (8x512^3)", f"{matmul_peak_gflops():.1f}")
+        table.add_row("copy GB/s (fp32, 128 MiB)", f"{copy_bandwidth_gbs():.1f}")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Benchmark names, 'all', or nothing to list.")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Smaller sizes for a fast look.")] = False,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Append the result tables (Markdown) to this file.")
+    ] = None,
+) -> None:
+    """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
+    from batchcraft.registry import benchmarks
+    from batchcraft.utils.bench import format_table
+    from batchcraft.utils.progress import console
+
+    registry = benchmarks()
+    if not names:
+        if not registry:
+            console.print("no benchmarks found: run from the repository root (benchmarks/ folder)")
+            raise typer.Exit(1)
+        for name, spec in registry.items():
+            console.print(f"{name:24s} {spec.description}", highlight=False)
+        return
+    chosen = list(registry) if names == ["all"] else names
+    unknown = [n for n in chosen if n not in registry]
+    if unknown:
+        console.print(f"[red]unknown benchmark(s) {unknown}; available: {sorted(registry)}[/red]")
+        raise typer.Exit(2)
+    sections: list[str] = []
+    for n in chosen:
+        console.print(f"== {n} ==", highlight=False)
+        res = registry[n].fn(quick=quick)
+        rows = res.get("rows", [])
+        sections.append(
+            f"### {n}\n\nCommand: `batchcraft bench {n}{' --quick' if quick else ''}`\n\n{format_table(rows)}"
+        )
+    if markdown is not None:
+        with open(markdown, "a", encoding="utf-8") as f:
+            f.write("\n".join(sections))
+
+
+@app.command()
+def reproduce(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Experiments to run (default: all).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick/--full", help="Laptop setting or the documented full one.")
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per experiment (mean ± std).")] = 1,
+    force: Annotated[bool, typer.Option(help="Re-run experiments that already finished.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List experiments and exit.")] = False,
+) -> None:
+    """Reproduce each paper's headline claim and write ``reports/summary.md`` + ``index.html``."""
+    from batchcraft.experiments.runner import run_experiments
+    from batchcraft.registry import experiments
+    from batchcraft.utils.progress import console
+
+    if list_:
+        for name, spec in experiments().items():
+            console.print(
+                f"{name:22s} ~{spec.quick_minutes:.0f} min  {spec.claim}", highlight=False
+            )
+        return
+    command = "batchcraft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        records = run_experiments(
+            names, quick=quick, out=out, seeds=seeds, force=force, command=command
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"report: {out / 'summary.md'} and {out / 'index.html'}", highlight=False)
+    if any(r.get("status") != "ok" for r in records.values()):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``batchcraft`` console script."""
+    _attach_subcommands()
+    app()
+
+
+if __name__ == "__main__":
+    main()

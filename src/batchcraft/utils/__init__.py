@@ -1,0 +1,1 @@
+"""Small shared helpers: timing and machine limits, atomic I/O, progress display."""

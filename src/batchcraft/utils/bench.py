@@ -1,0 +1,181 @@
+"""Timing and machine limits shared by every benchmark.
+
+Benchmarks report ratios measured side by side in one run, and fractions of a machine limit
+measured in the same run: :func:`matmul_peak_gflops` (batched fp32 matmul) and
+:func:`copy_bandwidth_gbs` (a large tensor copy). Results are written as JSON under
+``benchmarks/results/`` with :func:`write_result`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from batchcraft.utils.io import write_json
+
+__all__ = [
+    "Timing",
+    "copy_bandwidth_gbs",
+    "format_table",
+    "machine_description",
+    "matmul_peak_gflops",
+    "print_table",
+    "results_dir",
+    "timeit",
+    "write_result",
+]
+
+
+class Timing(dict):
+    """Median/min/mean seconds of repeated runs (a dict so it serialises as JSON)."""
+
+    @property
+    def median(self) -> float:
+        return float(self["median_s"])
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    min_time: float = 0.0,
+    device: torch.device | str | None = None,
+) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then at least ``repeat`` timed calls.
+
+    Args:
+        fn: the work to time; its result is discarded.
+        warmup: untimed calls first (compilation, caches, allocator).
+        repeat: minimum number of timed calls.
+        min_time: keep calling until this many seconds have been timed in total.
+        device: synchronise this CUDA device around each call.
+
+    Returns:
+        A :class:`Timing` with ``median_s``, ``min_s``, ``mean_s`` and ``n``.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    total = 0.0
+    while len(times) < repeat or total < min_time:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+        if len(times) >= 1000:
+            break
+    return Timing(
+        median_s=statistics.median(times),
+        min_s=min(times),
+        mean_s=statistics.fmean(times),
+        n=len(times),
+    )
+
+
+def matmul_peak_gflops(
+    *,
+    batch: int = 8,
+    size: int = 512,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    repeat: int = 5,
+) -> float:
+    """Measured batched-matmul throughput of this machine in GFLOP/s (``2*b*n^3`` per call).
+
+    This is the "machine peak" every compute-bound benchmark divides by. It is the best of
+    ``repeat`` timed calls of ``torch.bmm`` on ``[batch, size, size]`` operands.
+    """
+    a = torch.randn(batch, size, size, dtype=dtype, device=device)
+    b = torch.randn(batch, size, size, dtype=dtype, device=device)
+    t = timeit(lambda: torch.bmm(a, b), warmup=2, repeat=repeat, device=device)
+    return 2.0 * batch * size**3 / t["min_s"] / 1e9
+
+
+def copy_bandwidth_gbs(
+    *, numel: int = 32 * 2**20, device: torch.device | str = "cpu", repeat: int = 5
+) -> float:
+    """Measured copy bandwidth in GB/s (bytes read + bytes written) for fp32 ``dst.copy_(src)``."""
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    t = timeit(lambda: dst.copy_(src), warmup=2, repeat=repeat, device=device)
+    return 2.0 * numel * 4 / t["min_s"] / 1e9
+
+
+def results_dir() -> Path:
+    """``$BATCHCRAFT_RESULTS`` or ``benchmarks/results`` under the current directory."""
+    return Path(os.environ.get("BATCHCRAFT_RESULTS", "benchmarks/results"))
+
+
+def machine_description() -> dict[str, Any]:
+    """Hardware and software the figures were measured on."""
+    import platform
+
+    desc: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    desc["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        desc["gpu"] = torch.cuda.get_device_name(0)
+    return desc
+
+
+def write_result(name: str, data: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` atomically, adding the machine description."""
+    payload = {"benchmark": name, "machine": machine_description(), "time": time.time(), **data}
+    return write_json(results_dir() / f"{name}.json", payload)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table of ``rows`` (dicts), columns in first-seen order unless given."""
+    if not rows:
+        return "(no rows)\n"
+    if columns is None:
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(c for c in r if c not in cols)
+        columns = cols
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str = ""
+) -> None:
+    """Print a Markdown table (so it can be pasted into BENCHMARKS.md)."""
+    if title:
+        print(f"\n### {title}\n")
+    print(format_table(rows, columns))
