@@ -114,5 +114,13 @@ def run_experiments(
         write_json(path, record)
         records[spec.name] = record
         console.print(f"    done in {record['seconds']:.1f}s ({record['status']})", highlight=False)
-    write_report(out, [records[s.name] for s in chosen])
+    # The report covers every finished experiment in this folder, not only the ones run now, so
+    # `reproduce a` then `reproduce b` yields one report with both.
+    all_records = []
+    for name in registry:
+        if name in records:
+            all_records.append(records[name])
+        elif result_path(out, name).exists():
+            all_records.append(load_json(result_path(out, name)))
+    write_report(out, all_records)
     return records
