@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.batchcraft-installed
 # The CPU wheel of torch available on the reference machine; users elsewhere get the range in pyproject.
 TORCH_PIN ?= torch==2.13.0
+LINT_PATHS := $(wildcard src tests benchmarks)
 
 .PHONY: run test install lint typecheck pytest bench clean
 
@@ -21,8 +22,8 @@ run: $(STAMP)
 	$(BIN)/batchcraft reproduce --quick
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
