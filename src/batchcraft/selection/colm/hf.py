@@ -1,0 +1,125 @@
+"""Hugging Face integration (extra ``hf``): tiny Llama builder, PEFT LoRA, and a CoLM ``Trainer``.
+
+Importing this module imports ``transformers`` (not done by :mod:`batchcraft.selection.colm`).
+Add CoLM to an existing fine-tuning script in a few lines::
+
+    from batchcraft.selection.colm import CoLMSelector, ZOProbe
+    from batchcraft.selection.colm.hf import CoLMTrainer, find_param
+
+    probe = ZOProbe(model, find_param(model, "layers.1.self_attn.v_proj.lora_B"), seed=0)
+    selector = CoLMSelector(probe, coreset_size=64, source_counts=counts, h=2560)
+    args = TrainingArguments(..., per_device_train_batch_size=128)   # the pool size B
+    trainer = CoLMTrainer(selector=selector, model=model, args=args, train_dataset=ds,
+                          data_collator=collate)                     # batches carry "source"
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from batchcraft._capabilities import require
+from batchcraft.selection.colm.loss import coreset_loss, per_example_lm_loss
+from batchcraft.selection.colm.probes import model_inputs
+from batchcraft.selection.colm.select import CoLMSelector, subset_batch
+
+transformers = require("transformers", "the CoLM Hugging Face integration")
+
+__all__ = ["CoLMTrainer", "find_param", "lora_wrap", "tiny_llama"]
+
+
+def tiny_llama(
+    vocab_size: int,
+    *,
+    hidden_size: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    max_len: int = 64,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """A randomly initialised tiny ``LlamaForCausalLM`` (built from a config, nothing downloaded).
+
+    The global RNG is saved and restored around the initialisation.
+    """
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_len,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.LlamaForCausalLM(cfg)
+    return model.to(dtype)
+
+
+def lora_wrap(
+    model: nn.Module,
+    targets: Sequence[str] = ("q_proj", "k_proj", "v_proj"),
+    *,
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> Any:
+    """PEFT LoRA on ``targets``; LoRA-B initialised at zero by PEFT (global RNG restored)."""
+    peft = require("peft", "LoRA adapters")
+    cfg = peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none"
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return peft.get_peft_model(model, cfg)
+
+
+def find_param(model: nn.Module, pattern: str) -> str:
+    """The one parameter name containing ``pattern`` (e.g. ``"layers.1.self_attn.v_proj.lora_B"``)."""
+    hits = [n for n, _ in model.named_parameters() if pattern in n]
+    if len(hits) != 1:
+        raise ValueError(
+            f"pattern {pattern!r} must match exactly one parameter, matched {hits[:6]}"
+        )
+    return hits[0]
+
+
+class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
+    """``transformers.Trainer`` whose each batch is a pool; the loss is on CoLM's coreset.
+
+    Set ``per_device_train_batch_size`` to the pool size ``B``; batches must carry ``source``
+    (so the collator keeps it, and ``remove_unused_columns=False`` for ``datasets`` inputs).
+
+    Args:
+        selector: the CoLM selector (its probe must wrap the same model object).
+        *args, **kwargs: passed to ``transformers.Trainer``.
+    """
+
+    def __init__(self, *args: Any, selector: CoLMSelector, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.selector = selector
+        self.last_selection: Any = None
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        sel = self.selector.select(inputs)
+        self.last_selection = sel
+        batch = subset_batch(inputs, sel.idx)
+        out = model(**model_inputs(batch))
+        per = per_example_lm_loss(out.logits, batch["labels"])
+        loss = coreset_loss(per, sel.weights.to(per.device))
+        return (loss, out) if return_outputs else loss

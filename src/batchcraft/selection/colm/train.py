@@ -1,0 +1,99 @@
+"""A plain-PyTorch training step with CoLM selection (and the baselines' static weights).
+
+One call of :meth:`ColmTrainer.step` takes a pool ``[N, ...]``, asks the selector for a coreset
+(timed as *selection*), then runs one optimizer step on the coreset with the weighted
+per-example loss (timed as *training*). Without a selector the whole pool is the batch (random
+``b`` or big-batch ``B`` baselines, depending on the pool size the caller draws).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from batchcraft.selection.colm.loss import coreset_loss, per_example_lm_loss
+from batchcraft.selection.colm.probes import model_inputs
+from batchcraft.selection.colm.select import CoLMSelector, subset_batch
+
+__all__ = ["ColmTrainer", "TrainStats"]
+
+
+@dataclass
+class TrainStats:
+    """What one step did: trained loss, timings (s), coreset size and small-source count."""
+
+    loss: float
+    select_s: float
+    train_s: float
+    size: int
+    n_kept: int
+
+
+class ColmTrainer:
+    """``step(pool)``: select (optional), then one optimizer step on the coreset.
+
+    Args:
+        model: the network (``model(**inputs)`` returns logits or an object with ``.logits``).
+        optimizer: over the trainable parameters.
+        selector: CoLM (or a baseline configured through it); ``None`` trains on the whole pool.
+        source_weights: static per-source loss weights (the "upsample small sources" baseline).
+        grad_clip: max global grad norm (``None``: no clipping).
+        scheduler: an lr scheduler stepped after each optimizer step.
+        loss_fn: per-example loss ``(logits, labels) -> [N]``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        selector: CoLMSelector | None = None,
+        *,
+        source_weights: Mapping[int, float] | None = None,
+        grad_clip: float | None = 1.0,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = per_example_lm_loss,
+    ) -> None:
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
+        self.model, self.optimizer, self.selector = model, optimizer, selector
+        self.source_weights = dict(source_weights or {})
+        self.grad_clip, self.scheduler, self.loss_fn = grad_clip, scheduler, loss_fn
+
+    def loss_on(self, batch: Mapping[str, Tensor], weights: Tensor) -> Tensor:
+        """Weighted mean of per-example losses on ``batch`` (``weights: [K]``)."""
+        out = self.model(**model_inputs(batch))
+        logits = out.logits if hasattr(out, "logits") else out
+        per = self.loss_fn(logits, batch["labels"])  # [K]
+        return coreset_loss(per, weights.to(per.device))
+
+    def step(self, pool: Mapping[str, Tensor]) -> TrainStats:
+        """One optimizer step on the coreset of ``pool``."""
+        t0 = time.perf_counter()
+        if self.selector is not None:
+            sel = self.selector.select(pool)
+            batch, weights, n_kept = subset_batch(pool, sel.idx), sel.weights, int(sel.kept.sum())
+        else:
+            batch, n_kept = dict(pool), 0
+            weights = torch.ones(pool["labels"].shape[0])
+        if self.source_weights:
+            sw = torch.tensor(
+                [self.source_weights.get(int(s), 1.0) for s in batch["source"].tolist()]
+            )
+            weights = weights * sw
+        t1 = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_on(batch, weights)
+        loss.backward()
+        if self.grad_clip is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        t2 = time.perf_counter()
+        return TrainStats(float(loss.detach()), t1 - t0, t2 - t1, int(weights.numel()), n_kept)

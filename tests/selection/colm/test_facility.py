@@ -1,0 +1,85 @@
+"""Facility location: naive reference == vectorised greedy, lazy == greedy, approximation bound."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from batchcraft.selection.colm import (
+    cluster_weights,
+    facility_location,
+    facility_objective,
+    l1_similarity,
+)
+
+
+def _sim(n: int, f: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return l1_similarity(torch.randn(n, f, generator=g, dtype=torch.float64))
+
+
+def test_l1_similarity_properties():
+    x = torch.randn(9, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = l1_similarity(x)
+    d = (x[:, None] - x[None]).abs().sum(-1)
+    torch.testing.assert_close(s, d.max() - d)
+    assert torch.equal(s, s.T)
+    assert (s >= 0).all()
+    torch.testing.assert_close(s.diagonal(), torch.full((9,), float(d.max()), dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 3), (33, 5), (60, 17)], ids=lambda v: str(v))
+def test_greedy_equals_naive(n, k):
+    s = _sim(n, 6, n)
+    assert torch.equal(
+        facility_location(s, k, impl="greedy"), facility_location(s, k, impl="naive")
+    )
+
+
+@pytest.mark.parametrize(("n", "k"), [(20, 4), (97, 13), (300, 40)], ids=lambda v: str(v))
+def test_lazy_equals_greedy(n, k):
+    s = _sim(n, 8, 100 + n)
+    lazy, greedy = facility_location(s, k, impl="lazy"), facility_location(s, k, impl="greedy")
+    assert torch.equal(lazy, greedy)  # continuous data: no exact ties
+    assert facility_objective(s, lazy) == pytest.approx(facility_objective(s, greedy), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_bound_vs_brute_force(seed):
+    n, k = 10, 3
+    s = _sim(n, 4, seed)
+    opt = max(facility_objective(s, torch.tensor(c)) for c in itertools.combinations(range(n), k))
+    got = facility_objective(s, facility_location(s, k))
+    assert got >= (1 - 1 / math.e) * opt - 1e-9
+    assert got <= opt + 1e-9
+
+
+def test_constant_shift_keeps_picks():
+    s = _sim(25, 5, 3)
+    assert torch.equal(facility_location(s, 6), facility_location(s + 3.7, 6))
+
+
+def test_cluster_weights():
+    s = _sim(30, 4, 7)
+    sel = facility_location(s, 5)
+    w = cluster_weights(s, sel)
+    assert w.sum() == 30
+    assert (w >= 1).all()  # medoids count themselves
+    owner = s[:, sel].argmax(dim=1)
+    assert torch.equal(w, torch.bincount(owner, minlength=5).to(w.dtype))
+
+
+def test_facility_errors():
+    with pytest.raises(ValueError, match="square"):
+        facility_location(torch.zeros(3, 4), 1)
+    with pytest.raises(ValueError, match=r"k must be in \[0, N=3\]"):
+        facility_location(torch.zeros(3, 3), 4)
+    with pytest.raises(ValueError, match="non-negative"):
+        facility_location(-torch.ones(3, 3), 1)
+    with pytest.raises(ValueError, match="impl must be"):
+        facility_location(torch.zeros(3, 3), 1, impl="fast")
+    with pytest.raises(ValueError, match="2-D"):
+        l1_similarity(torch.zeros(3))

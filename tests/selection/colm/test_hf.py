@@ -1,0 +1,54 @@
+"""Hugging Face integration: CoLMTrainer + PEFT LoRA on a tiny random Llama (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+
+def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
+    from transformers import TrainingArguments
+
+    from batchcraft.data.mixture import make_mixture
+    from batchcraft.selection.colm import CoLMSelector, ZOProbe
+    from batchcraft.selection.colm.hf import CoLMTrainer, find_param, lora_wrap, tiny_llama
+
+    mix = make_mixture((40, 20, 6, 3), seed=0, eval_size=2)
+    rows = [{k: v[i] for k, v in mix.train.items()} for i in range(len(mix.train["source"]))]
+
+    def collator(examples):
+        return {k: torch.stack([e[k] for e in examples]) for k in examples[0]}
+
+    rng = torch.get_rng_state()
+    model = lora_wrap(tiny_llama(mix.tokenizer.vocab_size, hidden_size=16, heads=2), r=4)
+    assert torch.equal(torch.get_rng_state(), rng)  # building the model kept the global RNG
+    name = find_param(model, "layers.1.self_attn.v_proj.lora_B")
+    probe = ZOProbe(model, name, seed=0)
+    selector = CoLMSelector(probe, 8, source_counts=mix.counts, h=32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=16,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    trainer = CoLMTrainer(
+        selector=selector, model=model, args=args, train_dataset=rows, data_collator=collator
+    )
+    trainer.train()
+    assert probe.calls == 2 and selector.steps == 2
+    sel = trainer.last_selection
+    assert sel.idx.numel() == 8
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed, "no parameter changed"
+    assert all("lora_" in n for n in changed), sorted(changed)
+    assert any("lora_B" in n for n in changed)
