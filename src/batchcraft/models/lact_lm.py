@@ -1,0 +1,269 @@
+"""LaCT causal language model with an O(1)-memory decode cache (spec §8).
+
+``Embedding -> L x [RMSNorm -> LaCTLayer -> residual -> RMSNorm -> SwiGLU MLP -> residual]
+-> RMSNorm -> lm_head``. The same class builds the baselines: ``use_ttt=False`` gives the
+sliding-window (``window_size=W``) or full-attention (``window_size=None``) Transformer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from batchcraft.models.lact_config import LaCTConfig
+from batchcraft.nn.lact import LaCTLayer, LaCTLayerCache
+
+__all__ = ["IGNORE_INDEX", "LMCache", "LMOutput", "LaCTForCausalLM", "count_parameters"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LMCache:
+    """Per-layer decode caches; :meth:`nbytes` is independent of the context for LaCT/SWA."""
+
+    layers: list[LaCTLayerCache]
+
+    @property
+    def position(self) -> int:
+        return self.layers[0].position
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.layers)
+
+    def detach(self) -> LMCache:
+        return LMCache([c.detach() for c in self.layers])
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every cached tensor (for constant-size checks)."""
+        return {
+            f"{i}.{k}": tuple(t.shape)
+            for i, c in enumerate(self.layers)
+            for k, t in c.tensors().items()
+        }
+
+
+@dataclass
+class LMOutput:
+    """``logits [B, T, V]``, mean next-token ``loss`` (or None) and the ``cache`` (or None)."""
+
+    logits: Tensor
+    loss: Tensor | None
+    cache: LMCache | None
+
+
+class SwiGLUMLP(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` without biases."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        g, u = self.gate_up(x).chunk(2, dim=-1)  # [B, T, I] each
+        return self.down(F.silu(g) * u)
+
+
+class LaCTBlock(nn.Module):
+    """Pre-norm block: token mixing (LaCT / attention) then a SwiGLU MLP, both residual."""
+
+    def __init__(self, cfg: LaCTConfig, layer_idx: int) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.mix_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.mix = LaCTLayer(
+            d,
+            cfg.num_heads,
+            chunk_size=cfg.chunk_size,
+            window_size=cfg.window_size,
+            num_attn_heads=cfg.num_attn_heads,
+            inter_multi=cfg.inter_multi,
+            base_lr=cfg.base_lr,
+            use_momentum=cfg.use_momentum,
+            use_muon=cfg.use_muon,
+            muon=cfg.muon,
+            weight_norm=cfg.weight_norm,
+            qk_norm=cfg.qk_norm,
+            v_silu=cfg.v_silu,
+            use_rope=cfg.use_rope,
+            rope_theta=cfg.rope_theta,
+            init=cfg.init,
+            low_rank=cfg.low_rank,
+            fw_init_gain=cfg.fw_init_gain,
+            output_gate=cfg.output_gate,
+            fast_weight=cfg.fast_weight,
+            use_ttt=cfg.use_ttt,
+            layer_idx=layer_idx,
+            lact_impl=cfg.lact_impl,
+            attn_impl=cfg.attn_impl,
+        )
+        self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.mlp = SwiGLUMLP(d, cfg.intermediate_size)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        cache: LaCTLayerCache | None,
+        attention_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
+        use_cache: bool,
+    ) -> tuple[Tensor, LaCTLayerCache | None]:
+        h, new_cache = self.mix(
+            self.mix_norm(x),
+            cache=cache,
+            attention_mask=attention_mask,
+            cu_seqlens=cu_seqlens,
+            use_cache=use_cache,
+        )
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), new_cache
+
+
+class LaCTForCausalLM(nn.Module):
+    """LaCT (or attention-baseline) language model.
+
+    Example::
+
+        model = LaCTForCausalLM(lact_tiny())
+        out = model(ids, labels=ids)          # ids: [B, T] -> out.logits [B, T, 256], out.loss
+        new = model.generate(ids[:, :8], max_new_tokens=32)   # [B, 40]
+    """
+
+    def __init__(self, config: LaCTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(LaCTBlock(config, i) for i in range(config.num_layers))
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Slow weights N(0, init_std²); each LaCT layer then applies its own init (spec §7)."""
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, nn.RMSNorm) and m.weight is not None:
+                nn.init.ones_(m.weight)
+        for b in self.blocks:
+            assert isinstance(b, LaCTBlock)
+            b.mix.reset_parameters()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        cache: LMCache | None = None,
+        *,
+        attention_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        use_cache: bool = False,
+    ) -> LMOutput:
+        """Logits and (optionally) the loss and the decode cache.
+
+        Args:
+            input_ids: ``[B, T]`` token ids.
+            labels: ``[B, T]`` targets aligned with ``input_ids`` (shifted inside: logits at
+                ``t`` predict ``labels[t + 1]``); ``-100`` is ignored.
+            cache: continue from a previous call.
+            attention_mask: ``[B, T]`` right-padding mask (1 real, 0 pad).
+            cu_seqlens: ``[N + 1]`` packed-document boundaries for ``B = 1``.
+            use_cache: return a cache (implied when ``cache`` is given).
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        if cache is not None and len(cache.layers) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache.layers)} layers, model has {len(self.blocks)}")
+        x = self.embed(input_ids)  # [B, T, d]
+        new_layers: list[LaCTLayerCache] = []
+        for i, block in enumerate(self.blocks):
+            x, c = block(
+                x,
+                cache=None if cache is None else cache.layers[i],
+                attention_mask=attention_mask,
+                cu_seqlens=cu_seqlens,
+                use_cache=use_cache,
+            )
+            if c is not None:
+                new_layers.append(c)
+        logits = self.lm_head(self.norm(x))  # [B, T, V]
+        loss = None
+        if labels is not None:
+            target = labels[:, 1:]
+            if attention_mask is not None:
+                target = target.masked_fill(~attention_mask[:, 1:].bool(), IGNORE_INDEX)
+            if cu_seqlens is not None:  # never predict across a document boundary
+                starts = cu_seqlens[1:-1].to(target.device) - 1
+                target = target.clone()
+                target[:, starts] = IGNORE_INDEX
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                target.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+            )
+        out_cache = LMCache(new_layers) if len(new_layers) == len(self.blocks) else None
+        return LMOutput(logits=logits, loss=loss, cache=out_cache)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        top_k: int | None = None,
+    ) -> Tensor:
+        """Prefill, then decode one token at a time on the constant-size cache.
+
+        Args:
+            input_ids: ``[B, T]`` prompt.
+            max_new_tokens: tokens to append.
+            temperature: 0 for greedy, else softmax sampling at this temperature.
+            generator: randomness for sampling.
+            top_k: sample among the ``top_k`` most likely tokens only.
+
+        Returns:
+            ``[B, T + max_new_tokens]``.
+        """
+        if max_new_tokens < 0 or temperature < 0:
+            raise ValueError("max_new_tokens and temperature must be >= 0")
+        out = self(input_ids, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+        tokens = [input_ids]
+        for i in range(max_new_tokens):
+            nxt = _sample(logits, temperature, generator, top_k)  # [B, 1]
+            tokens.append(nxt)
+            if i + 1 < max_new_tokens:
+                out = self(nxt, cache=cache)
+                cache, logits = out.cache, out.logits[:, -1]
+        return torch.cat(tokens, dim=1)
+
+
+def _sample(
+    logits: Tensor, temperature: float, generator: torch.Generator | None, top_k: int | None
+) -> Tensor:
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    z = logits.float() / temperature
+    if top_k is not None:
+        kth = z.topk(min(top_k, z.shape[-1]), dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    p = z.softmax(dim=-1)
+    return torch.multinomial(p.cpu(), 1, generator=generator).to(logits.device)
+
+
+def count_parameters(config: LaCTConfig) -> int:
+    """Parameter count without allocating memory (the model is built on the meta device)."""
+    with torch.device("meta"):
+        model = LaCTForCausalLM(config)
+    return sum(p.numel() for p in model.parameters())
