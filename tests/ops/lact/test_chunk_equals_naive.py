@@ -45,12 +45,8 @@ def _compare(
     (o0, s0, g0), (o1, s1, g1) = res["naive"], res["chunk"]
     torch.testing.assert_close(o1, o0, rtol=rtol, atol=atol)
     assert_states_close(s1, s0, rtol=rtol, atol=atol)
-    names = (
-        ["q", "k", "v", "lr"]
-        + (["beta"] if use_beta else [])
-        + ["gate", "up", "down"][-len(inp.w) :]
-    )
-    names = names[: len(leaves)] if not linear else names[: len(leaves) - 1] + ["down"]
+    names = ["q", "k", "v", "lr"] + (["beta"] if use_beta else [])
+    names += ["down"] if linear else ["gate", "up", "down"]
     for name, a, b in zip(names, g1, g0, strict=True):
         assert (a is None) == (b is None), name
         if a is not None and b is not None:
@@ -139,14 +135,14 @@ def test_gradcheck_tiny(muon: str | None) -> None:
 
     assert torch.autograd.gradcheck(f, tuple(inp.leaves()), eps=1e-6, atol=1e-6, fast_mode=True)
     # gradients reach W0 and lr
-    o, st = f(*inp.leaves())
+    o, _st = f(*inp.leaves())
     gw, glr = torch.autograd.grad(o.square().sum(), [inp.w.gate, inp.lr])
     assert float(gw.abs().max()) > 0 and float(glr.abs().max()) > 0
 
 
 def test_detach_cuts_cross_call_gradient() -> None:
     inp = make_inputs(1, 16, 1, 4, 8, requires_grad=True)
-    o1, st = lact(inp.q[:, :8], inp.k[:, :8], inp.v[:, :8], inp.lr[:, :8], inp.w, chunk_size=4)
+    _o1, st = lact(inp.q[:, :8], inp.k[:, :8], inp.v[:, :8], inp.lr[:, :8], inp.w, chunk_size=4)
     for detach, expect_zero in ((False, False), (True, True)):
         s = st.detach() if detach else st
         o2, _ = lact(inp.q[:, 8:], inp.k[:, 8:], inp.v[:, 8:], inp.lr[:, 8:], s, chunk_size=4)
