@@ -1,0 +1,237 @@
+"""LayerNormLSTM / LayerNormGRU modules: exact reduction to torch, packed/lengths, layers, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
+from batchcraft.nn.rnn_cell import LayerNormGRUCell, LayerNormLSTMCell
+
+PAIRS = {"lstm": (LayerNormLSTM, nn.LSTM), "gru": (LayerNormGRU, nn.GRU)}
+
+
+def _flat(res) -> list[torch.Tensor]:
+    out, st = res
+    out = out.data if isinstance(out, torch.nn.utils.rnn.PackedSequence) else out
+    return [out, *(st if isinstance(st, tuple) else (st,))]
+
+
+def _pair(mode: str, dtype: torch.dtype, **kw):
+    ours_cls, torch_cls = PAIRS[mode]
+    ref = torch_cls(3, 5, dtype=dtype, **kw).eval()
+    ours = ours_cls(3, 5, dtype=dtype, layer_norm=False, **kw).eval()
+    missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=False)
+    assert not missing and not unexpected  # every weight shared, none left out
+    return ours, ref
+
+
+CONFIGS = [
+    ("1layer", {}),
+    ("3layers", {"num_layers": 3}),
+    ("bidir", {"bidirectional": True}),
+    (
+        "3layers_bidir_bf_drop",
+        {"num_layers": 3, "bidirectional": True, "batch_first": True, "dropout": 0.3},
+    ),
+    ("nobias", {"bias": False, "num_layers": 2}),
+]
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS, ids=[c[0] for c in CONFIGS])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["zeros", "h0"])
+def test_layer_norm_false_equals_torch(
+    name: str, kw: dict, mode: str, dtype: torch.dtype, with_state: bool
+) -> None:
+    ours, ref = _pair(mode, dtype, **kw)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, 3, generator=g, dtype=dtype)
+    n = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+    hx = None
+    if with_state:
+        b = 4 if kw.get("batch_first") else 7
+        h0 = torch.randn(n, b, 5, generator=g, dtype=dtype)
+        hx = (h0, torch.randn(n, b, 5, generator=g, dtype=dtype)) if mode == "lstm" else h0
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for a, e in zip(_flat(ours(x, hx)), _flat(ref(x, hx)), strict=True):
+        assert_close(a, e, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("bidir", [False, True], ids=["uni", "bidir"])
+def test_packed_unsorted_equals_torch_with_grads(mode: str, bidir: bool) -> None:
+    ours, ref = _pair(mode, torch.float64, num_layers=2, bidirectional=bidir, batch_first=True)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
+    lens = torch.tensor([3, 6, 1, 4])
+    res = []
+    for m in (ours, ref):
+        xl = x.clone().requires_grad_(True)
+        packed = pack_padded_sequence(xl, lens, batch_first=True, enforce_sorted=False)
+        outs = _flat(m(packed))
+        sum((o * (k + 1.0)).sin().sum() for k, o in enumerate(outs)).backward()
+        res.append([*outs, xl.grad, *(p.grad for p in m.parameters())])
+    assert isinstance(
+        ours(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))[0],
+        torch.nn.utils.rnn.PackedSequence,
+    )
+    for i, (a, e) in enumerate(zip(*res, strict=True)):
+        assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"output/grad #{i}")
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_lengths_equal_packed_and_padding_is_zero(mode: str) -> None:
+    m = PAIRS[mode][0](3, 5, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(3, 5, 3, dtype=torch.float64)
+    lens = torch.tensor([5, 2, 3])
+    out_l, st_l = m(x, lengths=lens)
+    out_p, st_p = m(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
+    out_p, _ = pad_packed_sequence(out_p, batch_first=True, total_length=5)
+    assert_close(out_l, out_p, rtol=1e-12, atol=1e-12)
+    for a, e in zip(_flat((out_l, st_l))[1:], _flat((out_p, st_p))[1:], strict=True):
+        assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert out_l[1, 2:].abs().max() == 0 and out_l[2, 3:].abs().max() == 0
+
+
+def test_cells_equal_torch_cells() -> None:
+    x = torch.randn(4, 3, dtype=torch.float64)
+    c = LayerNormLSTMCell(3, 5, layer_norm=False).double()
+    r = nn.LSTMCell(3, 5).double()
+    c.load_state_dict(r.state_dict())
+    hx = (torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64))
+    for a, e in zip(c(x, hx), r(x, hx), strict=True):
+        assert_close(a, e, rtol=1e-12, atol=1e-12)
+    gc = LayerNormGRUCell(3, 5, layer_norm=False).double()
+    gr = nn.GRUCell(3, 5).double()
+    gc.load_state_dict(gr.state_dict())
+    assert_close(gc(x, hx[0]), gr(x, hx[0]), rtol=1e-12, atol=1e-12)
+    assert gc(x[0]).shape == (5,)  # unbatched
+
+
+def test_ln_cell_equals_one_step_of_ln_lstm() -> None:
+    rnn = LayerNormLSTM(3, 5).double()
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    cell = LayerNormLSTMCell(3, 5).double()
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in rnn.state_dict().items()})
+    x = torch.randn(1, 4, 3, dtype=torch.float64)
+    _out, (h, c) = rnn(x)
+    h1, c1 = cell(x[0])
+    assert_close(h1, h[0], rtol=1e-12, atol=1e-12)
+    assert_close(c1, c[0], rtol=1e-12, atol=1e-12)
+
+
+def test_state_dict_keys_and_init() -> None:
+    m = LayerNormLSTM(3, 8, num_layers=2, bidirectional=True)
+    keys = set(m.state_dict())
+    assert set(nn.LSTM(3, 8, num_layers=2, bidirectional=True).state_dict()) <= keys
+    assert {"ln_ih_weight_l1_reverse", "ln_hh_bias_l0", "ln_c_weight_l1"} <= keys
+    g = LayerNormGRU(3, 8)
+    assert {
+        "ln_ih_rz_weight_l0",
+        "ln_ih_n_bias_l0",
+        "ln_hh_rz_weight_l0",
+        "ln_hh_n_bias_l0",
+    } <= set(g.state_dict())
+    assert torch.equal(m.ln_c_weight_l0, torch.ones(8)) and torch.equal(
+        m.ln_ih_bias_l1, torch.zeros(32)
+    )
+    assert m.weight_hh_l0.abs().max() <= 8**-0.5 and m.weight_hh_l0.abs().max() > 0.5 * 8**-0.5
+
+
+def test_unbatched_matches_batched() -> None:
+    m = LayerNormGRU(3, 5, num_layers=2).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    out, h = m(x)
+    out_b, _h_b = m(x.unsqueeze(1))
+    assert out.shape == (6, 5) and h.shape == (2, 5)
+    assert_close(out, out_b[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_between_layers_only_in_training() -> None:
+    m = LayerNormLSTM(3, 5, num_layers=2, dropout=0.5).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    m.eval()
+    a, b = m(x)[0], m(x)[0]
+    assert torch.equal(a, b)
+    m.train()
+    torch.manual_seed(0)
+    c = m(x)[0]
+    assert (c - a).abs().max() > 1e-6
+    one = (
+        LayerNormLSTM(3, 5, num_layers=1, dropout=0.5).double().train()
+    )  # no dropout after the last layer
+    assert torch.equal(one(x)[0], one(x)[0])
+
+
+def test_gradcheck_two_layer_bidirectional() -> None:
+    m = LayerNormLSTM(3, 4, num_layers=2, bidirectional=True).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    params = list(m.parameters())
+
+    def f(x: torch.Tensor, *ps: torch.Tensor):
+        sd = dict(zip((n for n, _ in m.named_parameters()), ps, strict=True))
+        out, (h, c) = torch.func.functional_call(m, sd, (x,))
+        return out, h, c
+
+    assert torch.autograd.gradcheck(
+        f, (x, *[p.detach().requires_grad_(True) for p in params]), fast_mode=True
+    )
+
+
+def test_errors() -> None:
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        LayerNormLSTM(3, 5, proj_size=2)
+    with pytest.raises(ValueError, match="dropout"):
+        LayerNormGRU(3, 5, dropout=1.5)
+    with pytest.raises(ValueError, match="hidden_size"):
+        LayerNormLSTM(3, 0)
+    with pytest.raises(ValueError, match="variant"):
+        LayerNormLSTM(3, 5, variant="keras")
+    m = LayerNormLSTM(3, 5, num_layers=2)
+    with pytest.raises(ValueError, match="input_size=3"):
+        m(torch.randn(4, 2, 7))
+    with pytest.raises(ValueError, match=r"\[L\*D, B, H\]"):
+        m(torch.randn(4, 2, 3), (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
+    with pytest.raises(TypeError, match=r"\(h0, c0\)"):
+        m(torch.randn(4, 2, 3), torch.zeros(2, 2, 5))
+    with pytest.raises(ValueError, match="lengths"):
+        m(torch.randn(4, 2, 3), lengths=[5, 1])
+    with pytest.raises(ValueError, match="3-D"):
+        m(torch.randn(4))
+    with pytest.raises(ValueError, match="state must be"):
+        LayerNormLSTMCell(3, 5)(torch.randn(2, 3), (torch.zeros(3, 5), torch.zeros(3, 5)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_compile_equals_naive(mode: str) -> None:
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    outs = []
+    for impl in ("naive", "compile"):
+        torch.manual_seed(0)
+        m = PAIRS[mode][0](3, 4, impl=impl).double()
+        res = _flat(m(x))
+        sum(o.sum() for o in res).backward()
+        outs.append([*res, *(p.grad for p in m.parameters())])
+    for a, e in zip(*outs, strict=True):
+        assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_convergence_smoke_digits() -> None:
+    """LN-LSTM reaches a loss threshold in no more than 1.2x the steps of the LSTM (same lr)."""
+    pytest.importorskip("sklearn")
+    from batchcraft.experiments.layernorm import digits_sequences, steps_to_threshold
+
+    x, y = digits_sequences()
+    s_ln = steps_to_threshold(x, y, layer_norm=True, seed=0, threshold=1.0, max_steps=400)
+    s_plain = steps_to_threshold(x, y, layer_norm=False, seed=0, threshold=1.0, max_steps=400)
+    assert s_ln is not None and s_plain is not None
+    assert s_ln <= 1.2 * s_plain
