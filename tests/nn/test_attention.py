@@ -11,6 +11,15 @@ from batchcraft.nn.attention import KVBuffer, attention_mask_dense, window_atten
 from batchcraft.nn.rope import apply_rope, positions_from_cu_seqlens
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add sync overhead (20x slower on a loaded 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _brute(q, k, v, window):
     """Loop reference written independently: query t averages keys [t-W+1, t]."""
     _b, t, _h, d = q.shape

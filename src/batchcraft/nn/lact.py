@@ -240,7 +240,7 @@ class LaCTLayer(nn.Module):
         if self.fast_weight == "linear":
             return FastWeights(None, None, self.w_down)
         if self.init == "low_rank":
-            eye: Tensor = 0.5 * self.eye  # type: ignore[operator]
+            eye = 0.5 * self.get_buffer("eye")
             return FastWeights(
                 self.gate_l @ self.gate_r + eye, self.up_l @ self.up_r + eye, self.w_down
             )

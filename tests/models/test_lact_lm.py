@@ -1,0 +1,204 @@
+"""LaCT LM: decode == prefill, constant cache, causality, documents, training, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import rel_rms
+
+from batchcraft.models.lact_config import (
+    LaCTConfig,
+    full_attention_baseline,
+    get_preset,
+    lact_3b,
+    lact_760m,
+    lact_small,
+    lact_tiny,
+    swa_baseline,
+)
+from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add sync overhead (20x slower on a loaded 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw) -> LaCTConfig:
+    base = dict(
+        vocab_size=64, hidden_size=64, num_heads=2, num_attn_heads=4, chunk_size=8,
+        window_size=8, low_rank=4, mlp_hidden=96,
+    )  # fmt: skip
+    base.update(kw)
+    return lact_tiny(**base)
+
+
+def _model(cfg: LaCTConfig) -> LaCTForCausalLM:
+    torch.manual_seed(0)
+    m = LaCTForCausalLM(cfg).eval()
+    with torch.no_grad():  # make the TTT branch matter (its gate starts near zero)
+        for b in m.blocks:
+            if b.mix.use_ttt:
+                b.mix.gate_proj.bias.fill_(2.0)
+                b.mix.lr_proj.bias.fill_(2.0)
+    return m
+
+
+def _ids(b=2, t=30, v=64, seed=0):
+    return torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["lact_muon", "lact_momentum", "swa", "full"])
+def test_decode_equals_prefill(kind):
+    cfg = {
+        "lact_muon": _cfg(use_muon=True),
+        "lact_momentum": _cfg(),
+        "swa": swa_baseline(_cfg(), match_params=False),
+        "full": full_attention_baseline(_cfg(), match_params=False),
+    }[kind]
+    model = _model(cfg)
+    tol = 1e-5  # fp32 (spec 9)
+    if kind == "lact_muon":  # Newton-Schulz amplifies fp32 rounding of the chunk inputs
+        model, tol = model.double(), 1e-10
+    ids = _ids()
+    with torch.no_grad():
+        full = model(ids).logits
+        for split in (1, 8, 13):
+            out = model(ids[:, :split], use_cache=True)
+            logits, cache = [out.logits], out.cache
+            for t in range(split, ids.shape[1]):
+                out = model(ids[:, t : t + 1], cache=cache)
+                logits.append(out.logits)
+                cache = out.cache
+            got = torch.cat(logits, 1)
+            assert rel_rms(full, got) < tol, (split, rel_rms(full, got))
+
+
+def test_generate_greedy_matches_full_forward_argmax():
+    model = _model(_cfg(use_muon=True))
+    prompt = _ids(t=5)
+    out = model.generate(prompt, max_new_tokens=20)
+    assert out.shape == (2, 25) and torch.equal(out[:, :5], prompt)
+    with torch.no_grad():
+        logits = model(out).logits
+    torch.testing.assert_close(logits[:, 4:-1].argmax(-1), out[:, 5:], rtol=0, atol=0)
+    g = torch.Generator().manual_seed(1)
+    s1 = model.generate(prompt, 6, temperature=1.0, generator=g, top_k=5)
+    s2 = model.generate(
+        prompt, 6, temperature=1.0, generator=torch.Generator().manual_seed(1), top_k=5
+    )
+    assert torch.equal(s1, s2)
+
+
+def test_cache_size_constant_for_lact_and_growing_for_full_attention():
+    model = _model(_cfg())
+    with torch.no_grad():
+        c3 = model(_ids(b=1, t=24), use_cache=True).cache  # 3C
+        c6 = model(_ids(b=1, t=48), use_cache=True).cache  # 6C
+    assert c3 is not None and c6 is not None
+    assert c3.shapes() == c6.shapes() and c3.nbytes() == c6.nbytes()
+    full = _model(full_attention_baseline(_cfg(), match_params=False))
+    with torch.no_grad():
+        f3 = full(_ids(b=1, t=24), use_cache=True).cache
+        f6 = full(_ids(b=1, t=48), use_cache=True).cache
+    assert f3 is not None and f6 is not None and f6.nbytes() == 2 * f3.nbytes()
+
+
+def test_model_causality():
+    model = _model(_cfg(use_muon=True))
+    ids = _ids(b=1, t=26)
+    with torch.no_grad():
+        base = model(ids).logits
+        for t in (0, 9, 20):
+            ids2 = ids.clone()
+            ids2[0, t] = (ids2[0, t] + 1) % 64
+            out = model(ids2).logits
+            torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-6)
+            assert (out[:, t] - base[:, t]).abs().max() > 1e-4
+
+
+def test_documents_are_isolated_with_cu_seqlens():
+    model = _model(_cfg())
+    ids = _ids(b=1, t=30)
+    cu = torch.tensor([0, 11, 30])
+    with torch.no_grad():
+        packed = model(ids, cu_seqlens=cu).logits
+        a = model(ids[:, :11]).logits
+        b = model(ids[:, 11:]).logits
+    torch.testing.assert_close(packed, torch.cat([a, b], 1), rtol=1e-5, atol=1e-5)
+    out = model(ids, labels=ids, cu_seqlens=cu)
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+def test_right_padding_loss_ignores_pads():
+    model = _model(_cfg())
+    ids = _ids(b=2, t=20)
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, 12:] = 0
+    with torch.no_grad():
+        out = model(ids, labels=ids, attention_mask=mask)
+        short = model(ids[1:, :12]).logits
+    torch.testing.assert_close(out.logits[1:, :12], short, rtol=1e-5, atol=1e-5)
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+def test_tiny_loss_decreases_in_20_steps():
+    torch.manual_seed(0)
+    model = LaCTForCausalLM(lact_tiny(use_muon=True))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    # a learnable stream: repeated random motifs of length 8
+    motif = torch.randint(0, 256, (4, 8), generator=g)
+    ids = motif.repeat(1, 6)  # [4, 48]
+    losses = []
+    for _ in range(20):
+        out = model(ids, labels=ids)
+        assert out.loss is not None
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_preset_parameter_counts():
+    n760 = count_parameters(lact_760m())
+    assert abs(n760 - 797.6e6) / 797.6e6 < 0.002, n760
+    n3b = count_parameters(lact_3b())
+    assert abs(n3b - 2.98e9) / 2.98e9 < 0.01, n3b
+    assert lact_760m().fast_state_numel == 24 * 3 * 4 * 384**2
+    tiny = lact_tiny()
+    for base in (swa_baseline(tiny), full_attention_baseline(tiny)):
+        n, want = count_parameters(base), count_parameters(tiny)
+        assert abs(n - want) / want < 0.005 and not base.use_ttt
+    assert count_parameters(lact_small()) > count_parameters(tiny)
+    assert get_preset("lact_small") == lact_small()
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"num_attn_heads": 25, "hidden_size": 3072}, "num_attn_heads"),
+        ({"num_heads": 3}, "num_heads"),
+        ({"window_size": 8, "chunk_size": 16}, "exact causality"),
+        ({"use_ttt": False, "window_size": 0}, "needs attention"),
+        ({"muon": "x"}, "muon"),
+        ({"mlp_hidden": 0}, "mlp_hidden"),
+    ],
+)
+def test_bad_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        lact_tiny(**kw)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("lact_9b")
+
+
+def test_config_round_trip():
+    cfg = lact_tiny(use_muon=True, window_size=None)
+    assert LaCTConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        LaCTConfig.from_dict({"hidden": 3})
