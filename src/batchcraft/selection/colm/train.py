@@ -24,13 +24,14 @@ __all__ = ["ColmTrainer", "TrainStats"]
 
 @dataclass
 class TrainStats:
-    """What one step did: trained loss, timings (s), coreset size and small-source count."""
+    """What one step did: trained loss, timings (s), coreset size, kept count, batch sources."""
 
     loss: float
     select_s: float
     train_s: float
     size: int
     n_kept: int
+    sources: Tensor | None = None  # [K] source ids of the trained batch (when present)
 
 
 class ColmTrainer:
@@ -96,4 +97,5 @@ class ColmTrainer:
         if self.scheduler is not None:
             self.scheduler.step()
         t2 = time.perf_counter()
-        return TrainStats(float(loss.detach()), t1 - t0, t2 - t1, int(weights.numel()), n_kept)
+        src = batch.get("source")
+        return TrainStats(float(loss.detach()), t1 - t0, t2 - t1, int(weights.numel()), n_kept, src)
