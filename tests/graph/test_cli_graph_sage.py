@@ -1,0 +1,40 @@
+"""``batchcraft graph train`` smoke test: exit code, history, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from batchcraft.cli.graph_sage import register
+
+runner = CliRunner()
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    sub = typer.Typer()
+    register(sub)
+    app.add_typer(sub, name="graph")
+    return app
+
+
+def test_train_resume_and_bad_options(tmp_path: Path) -> None:
+    app = _app()
+    args = ["graph", "train", "--dataset", "powerlaw", "--num-nodes", "600", "--num-features",
+            "8", "--fanouts", "4,3", "--batch-size", "64", "--hidden", "16", "--max-batches", "2",
+            "--out", str(tmp_path)]  # fmt: skip
+    res = runner.invoke(app, [*args, "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "checkpoint.pt").exists()
+    res = runner.invoke(app, [*args, "--epochs", "2", "--resume", "--feature-backend", "staged"])
+    assert res.exit_code == 0, res.output
+    hist = json.loads((tmp_path / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert set(hist[0]["stages"]) == {"sample", "gather", "transfer", "compute", "wait"}
+    bad = runner.invoke(app, [*args, "--fanouts", "4,x"])
+    assert bad.exit_code != 0 and "fan-outs" in bad.output
+    bad = runner.invoke(app, [*args, "--dataset", "reddit"])
+    assert bad.exit_code != 0 and "dataset must be one of" in bad.output
