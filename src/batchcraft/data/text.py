@@ -115,19 +115,18 @@ def load_corpus(
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if paths is None:
         root = Path(sysconfig.get_paths()["stdlib"])
-        files = stdlib_files()
-    else:
-        files = text_files(paths)
-        root = Path(*Path(files[0]).parts[:1]) if files else Path(".")
+        files = [(f, str(f.relative_to(root))) for f in stdlib_files()]
+    else:  # hash the path relative to the folder given, so the split is machine independent
+        files = []
+        for p in map(Path, paths):
+            base = p if p.is_dir() else p.parent
+            files += [(f, str(f.relative_to(base))) for f in text_files([p])]
+        files.sort()
     chosen: list[Path] = []
     chunks: list[bytes] = []
     starts: list[int] = []
     total = 0
-    for f in files:
-        try:
-            rel = str(f.relative_to(root)) if paths is None else str(f)
-        except ValueError:
-            rel = str(f)
+    for f, rel in files:
         if split_of(rel, val_fraction) != split:
             continue
         raw = f.read_bytes().replace(b"\x00", b"")
