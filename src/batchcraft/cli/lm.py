@@ -50,7 +50,7 @@ def train(
         swa_baseline,
     )
     from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
-    from batchcraft.models.lact_train import TrainSettings, train_lm
+    from batchcraft.models.lact_train import TrainSettings, init_distributed, train_lm
     from batchcraft.utils.io import write_json
     from batchcraft.utils.progress import console, progress_bar
 
@@ -76,7 +76,8 @@ def train(
         _corpus(text, "train", max_bytes), batch_size=batch, context=context, seed=seed
     )
     va = ByteBatches(_corpus(text, "val", max_bytes), batch_size=batch, context=context, seed=seed)
-    torch_model = LaCTForCausalLM(cfg)
+    rank, world = init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
+    torch_model = LaCTForCausalLM(cfg)  # DDP broadcasts rank 0's initial weights
     console.print(
         f"{model} {preset}: {count_parameters(cfg) / 1e6:.2f}M params, C={c} W={cfg.window_size}, "
         f"{len(tr.corpus) / 1e6:.1f} MB train",
@@ -89,7 +90,12 @@ def train(
             bar.advance(1, loss=loss, tok_s=round(tps))
 
         res = train_lm(torch_model, tr, s, val=va, out_dir=out, resume=resume, on_step=on_step)
-    write_json(out / "history.json", res)
+    if rank == 0:
+        write_json(out / "history.json", res)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if res["final_eval"] is not None:
         fe = res["final_eval"]
         console.print(f"val loss {fe['loss']:.4f} nats, {fe['bpb']:.4f} bits/byte", highlight=False)

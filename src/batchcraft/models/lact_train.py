@@ -29,6 +29,7 @@ __all__ = [
     "TrainSettings",
     "build_optimizer",
     "evaluate",
+    "init_distributed",
     "load_lm_checkpoint",
     "lr_at",
     "save_lm_checkpoint",
@@ -81,9 +82,12 @@ def build_optimizer(model: torch.nn.Module, s: TrainSettings) -> torch.optim.Opt
 
 
 def train_step(
-    model: LaCTForCausalLM, opt: torch.optim.Optimizer, batch: Tensor, lr: float, clip: float
+    model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Tensor, lr: float, clip: float
 ) -> float:
-    """One optimizer step on ``batch [B, T + 1]``; returns the loss."""
+    """One optimizer step on ``batch [B, T + 1]``; returns the loss.
+
+    ``model`` may be a ``DistributedDataParallel`` wrapper of the LM (gradients all-reduced).
+    """
     for g in opt.param_groups:
         g["lr"] = lr
     logits = model(batch[:, :-1]).logits  # [B, T, V]
@@ -194,6 +198,24 @@ def load_lm_checkpoint(
     return model.to(map_location), state
 
 
+def _dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on GPU)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return _dist_info()
+
+
 def train_lm(
     model: LaCTForCausalLM,
     train: ByteBatches,
@@ -231,13 +253,22 @@ def train_lm(
         torch.set_rng_state(state["rng"]["torch"])
         start, history = int(state["step"]), list(state["history"])
     model.train()
+    rank, world = _dist_info()
+    runner: torch.nn.Module = model
+    if world > 1:  # torchrun: same init on every rank (broadcast), gradients averaged by DDP
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(model)
+    if rank != 0:
+        ckpt = None  # rank 0 writes checkpoints
     end = s.steps if stop_after is None else min(s.steps, stop_after)
     step = start
     for step in range(start, end):
         t0 = time.perf_counter()
-        loss = train_step(model, opt, train.get(step), lr_at(step, s), s.grad_clip)
+        batch = train.get(step * world + rank)  # disjoint batches per rank, same for world = 1
+        loss = train_step(runner, opt, batch, lr_at(step, s), s.grad_clip)
         dt = time.perf_counter() - t0
-        tps = train.batch_size * train.context / max(dt, 1e-9)
+        tps = world * train.batch_size * train.context / max(dt, 1e-9)
         rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
         if val is not None and s.eval_every and (step + 1) % s.eval_every == 0:
             rec["val"] = evaluate(model, val.sequential(s.eval_batches))["loss"]
