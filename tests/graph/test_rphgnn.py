@@ -374,3 +374,21 @@ def test_rphgnn_learns_sbm_where_mlp_is_at_chance(sbm):
 
 def test_two_iterations_beat_one_when_labels_need_two_hops(sbm):
     assert _fit(sbm, "rphgnn", 2)["test_micro"] > _fit(sbm, "rphgnn", 1)["test_micro"] + 0.03
+
+
+def test_cli_rejects_bad_method_and_dataset(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from batchcraft.cli.graph_rphgnn import register
+
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # a second command keeps "rphgnn" as a sub-command
+    runner = CliRunner()
+    res = runner.invoke(app, ["rphgnn", "--method", "gat", "--out", str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "method" in res.output
+    res = runner.invoke(
+        app, ["rphgnn", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.json")]
+    )
+    assert res.exit_code == 2 and "Error" in res.output

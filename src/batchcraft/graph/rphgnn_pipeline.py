@@ -12,11 +12,13 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from batchcraft.data.hgb import HGBData, hgb_split
+from batchcraft.data.hetero_sbm import hetero_sbm
+from batchcraft.data.hgb import HGBData, hgb_split, load_hgb
 from batchcraft.graph.rphgnn import rphgnn_precompute
 from batchcraft.graph.rphgnn_baselines import (
     feature_groups,
@@ -25,7 +27,14 @@ from batchcraft.graph.rphgnn_baselines import (
 )
 from batchcraft.graph.rphgnn_model import RpHGNN, TrainConfig, train_node_classifier
 
-__all__ = ["METHODS", "PRESETS", "RpHGNNConfig", "fit_node_classifier", "precompute_groups"]
+__all__ = [
+    "METHODS",
+    "PRESETS",
+    "RpHGNNConfig",
+    "fit_node_classifier",
+    "load_dataset",
+    "precompute_groups",
+]
 
 METHODS = ("rphgnn", "relation_wise", "nars", "mlp")
 
@@ -72,6 +81,28 @@ PRESETS: dict[str, RpHGNNConfig] = {
         epochs=200, patience=30, batch_size=256, merge="concat",
     ),
 }  # fmt: skip
+
+
+def load_dataset(
+    spec: str, *, data_dir: Path | None = None, seed: int = 0, test_labels: str = "full"
+) -> HGBData:
+    """``"sbm"`` (the seeded hetero SBM), an HGB folder / zip path, or a name (``"ACM"``) looked
+    up as ``<data_dir>/<name>.zip`` (``data_dir`` defaults to :func:`find_data_dir`)."""
+    if spec.lower() in ("sbm", "hetero-sbm"):
+        return hetero_sbm(generator=torch.Generator().manual_seed(seed))
+    path = Path(spec)
+    if path.exists():
+        return load_hgb(path, test_labels=test_labels)
+    from batchcraft.experiments.base import find_data_dir
+
+    folder = data_dir or find_data_dir()
+    for cand in [folder / f"{spec}.zip", folder / spec] if folder else []:
+        if cand.exists():
+            return load_hgb(cand, test_labels=test_labels)
+    raise ValueError(
+        f"dataset {spec!r} not found: pass 'sbm', an HGB folder/zip path, or a name with "
+        f"<data_dir>/{spec}.zip present (data_dir={folder})"
+    )
 
 
 def precompute_groups(
