@@ -130,6 +130,10 @@ def train_arm(arm: str, split: ImageSplit, *, seed: int, batch_size: int, epochs
     """Train one arm at the shared step budget; returns accuracy curve and costs."""
     model = _model_for(split, seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    budget = max(1, round(epochs * (split.x_train.shape[0] // batch_size)))
+    # Linear decay to 0 over the shared step budget: the same schedule for every arm, and a final
+    # accuracy that is not dominated by the last few noisy steps.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / budget))
 
     def acc(m: nn.Module) -> float:
         return _accuracy(m, split.x_test, split.y_test)
@@ -138,20 +142,20 @@ def train_arm(arm: str, split: ImageSplit, *, seed: int, batch_size: int, epochs
     t0 = time.perf_counter()
     if arm == "Selective-Backprop":
         curve, extra = _selective_backprop(
-            model, opt, split, gen, batch_size, epochs, eval_every, acc
+            model, opt, sched, split, gen, batch_size, epochs, eval_every, acc
         )
     else:
         delta = 1.0 if arm.startswith("plain") else float(arm.split("=")[1])
         log = train_high_loss(model, supervised_loss(), opt, split.train_dataset(),
                               batch_size=batch_size, delta=delta, epochs=epochs, generator=gen,
-                              eval_fn=acc, eval_every=eval_every,
+                              scheduler=sched, eval_fn=acc, eval_every=eval_every,
                               selector="random" if arm.startswith("random") else "hard")  # fmt: skip
         curve, extra = list(log.evals), {"samples_loaded": log.samples_loaded,
                                          "forwards": log.steps_done}  # fmt: skip
     return {"curve": curve, "final": curve[-1][1], "wall_s": time.perf_counter() - t0, **extra}
 
 
-def _selective_backprop(model: nn.Module, opt: Any, split: ImageSplit, gen: torch.Generator,
+def _selective_backprop(model: nn.Module, opt: Any, sched: Any, split: ImageSplit, gen: torch.Generator,
                         m: int, epochs: float, eval_every: int,
                         acc: Any) -> tuple[list[tuple[int, float]], dict[str, Any]]:  # fmt: skip
     n = split.x_train.shape[0]
@@ -175,6 +179,7 @@ def _selective_backprop(model: nn.Module, opt: Any, split: ImageSplit, gen: torc
             F.cross_entropy(model(batch.inputs), batch.targets).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            sched.step()
             steps += 1
             if steps % eval_every == 0 or steps == budget:
                 model.eval()
@@ -296,7 +301,7 @@ def _run(ctx: ExperimentContext, plt: Any) -> ExperimentResult:
     plots = [_plot_curves(ctx, plt, res, target), _plot_final(ctx, plt, gains)]
     from batchcraft.utils.bench import format_table
 
-    setting = (f"{split.name}; SmallResNet (width 8, BatchNorm); SGD lr {lr}, momentum 0.9; batch {m}; "
+    setting = (f"{split.name}; SmallResNet (width 8, BatchNorm); SGD lr {lr} decayed linearly to 0, momentum 0.9; batch {m}; "
                f"b={b} fixed batches (seeded shuffle); {epochs:g} epochs = {round(epochs * b)} steps "
                f"for every arm; eval every {eval_every} steps on {split.x_test.shape[0]} test images "
                f"in eval mode; seeds {seeds}; one CPU thread")  # fmt: skip

@@ -143,12 +143,14 @@ def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], float]) -> float:
     return value
 
 
-def _step(model: nn.Module, loss_fn: LossFn, optimizer: Any, batch: Any) -> Tensor:
+def _step(model: nn.Module, loss_fn: LossFn, optimizer: Any, scheduler: Any, batch: Any) -> Tensor:
     model.train()
     loss = loss_fn(model, batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
     return loss.detach()
 
 
@@ -158,6 +160,7 @@ def train_high_loss(
     optimizer: Any,
     dataset: Dataset[Any],
     *,
+    scheduler: Any | None = None,
     batch_size: int,
     delta: float,
     epochs: float,
@@ -182,6 +185,7 @@ def train_high_loss(
         model: any module; put it in DDP yourself for data parallelism (ranks agree on batches).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss (see :func:`supervised_loss`).
         optimizer: anything with ``step()`` and ``zero_grad()``.
+        scheduler: learning-rate scheduler stepped after every optimizer step (checkpointed).
         dataset: a map-style dataset of ``N`` items.
         batch_size: ``m``; the partition drops the last incomplete batch.
         delta: fraction of batches per round after round 0, in ``(0, 1]``; 1 = plain training.
@@ -229,6 +233,7 @@ def train_high_loss(
             model,
             loss_fn,
             optimizer,
+            scheduler,
             dataset,
             partition,
             log,
@@ -259,6 +264,8 @@ def train_high_loss(
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         sched.load_state_dict(state["schedule"])
         partition, part_round = state["partition"], state["partition_round"]
         gen.set_state(state["generator"])
@@ -286,7 +293,7 @@ def train_high_loss(
             loader = DataLoader(dataset, batch_sampler=sampler, **(loader_kwargs or {}))
             for i, batch in zip(ids.tolist(), _timed(iter(loader), log), strict=True):
                 t1 = time.perf_counter()
-                loss = _step(model, loss_fn, optimizer, _to_device(batch, device))
+                loss = _step(model, loss_fn, optimizer, scheduler, _to_device(batch, device))
                 sched.record(i, loss)
                 log.step_time_s += time.perf_counter() - t1
                 log.batch_ids.append(i)
@@ -318,6 +325,7 @@ def train_high_loss(
 
                 save_checkpoint(ckpt, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
                     "schedule": sched.state_dict(), "partition": partition,
                     "partition_round": part_round, "generator": gen.get_state(), "log": asdict(log),
                 })  # fmt: skip
@@ -330,6 +338,7 @@ def _naive_loop(
     model: nn.Module,
     loss_fn: LossFn,
     optimizer: Any,
+    scheduler: Any,
     dataset: Dataset[Any],
     partition: Tensor,
     log: HighLossLog,
@@ -362,7 +371,7 @@ def _naive_loop(
             if i not in selected:  # list membership, as in the authors' code
                 continue
             t1 = time.perf_counter()
-            loss = _step(model, loss_fn, optimizer, _to_device(batch, device))
+            loss = _step(model, loss_fn, optimizer, scheduler, _to_device(batch, device))
             scores[i] = float(loss)
             log.step_time_s += time.perf_counter() - t1
             log.batch_ids.append(i)
