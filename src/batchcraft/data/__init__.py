@@ -2,3 +2,7 @@
 
 # graph datasets (issue 8)
 from batchcraft.data.graphs import GraphData, load_planetoid, powerlaw_graph  # noqa: E402
+
+# HGB heterogeneous node classification + hetero SBM (issue 9)
+from batchcraft.data.hetero_sbm import hetero_sbm  # noqa: E402
+from batchcraft.data.hgb import HGBData, hgb_split, load_hgb  # noqa: E402

@@ -1,0 +1,169 @@
+"""RpHGNN pre-computation scaling: time and memory vs K (1..6) and vs graph size.
+
+Correctness gate first (fast == dense reference, fp64), then side by side on one small graph:
+dense reference vs chunked fast path. Then the fast path alone on the heterogeneous SBM:
+(a) K = 1..6 at a fixed size, (b) sizes of ~10^4..10^6 edges (10^7 without ``--quick`` on request
+via ``BATCHCRAFT_RPHGNN_MAX_EDGES``) at fixed K. Reported: wall seconds, seconds per edge and per
+iteration, stored bytes, peak RSS growth (Linux ``VmHWM`` after a reset), the projection GFLOP/s
+as a fraction of this machine's batched-matmul peak measured in the same run, and the ratio to the
+smallest setting, which stays ~1 (per unit of K or of edges) when growth is linear.
+
+Run: ``batchcraft bench rphgnn-scaling`` (or ``python benchmarks/bench_rphgnn.py [--quick]``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from batchcraft.data.hetero_sbm import hetero_sbm
+from batchcraft.graph.hetero import canonicalize_relations
+from batchcraft.graph.rphgnn import naive_rphgnn_precompute, rphgnn_precompute
+from batchcraft.registry import register_benchmark
+from batchcraft.utils.bench import matmul_peak_gflops, print_table, timeit, write_result
+
+EMB = 64
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _projection_flops(data: Any, K: int) -> float:
+    """FLOPs of the squashing matmuls: Σ_{k<K-1} Σ_t Σ_{h∈H_t} 2·N_t·dim(h)·d_t (all widths e here)."""
+    g = data.graph
+    _, raw = canonicalize_relations(g.edge_index_dict, g.num_nodes_dict)
+    terms = 0.0
+    for t, n in g.num_nodes_dict.items():
+        incident = sum(1 for f, _ in raw.values() if t in (f[0], f[2]))
+        terms += 2 * incident * n
+    return 2.0 * terms * EMB * EMB * max(K - 1, 0)
+
+
+def _graph(num_papers: int) -> Any:
+    return hetero_sbm(
+        num_papers=num_papers, num_authors=max(num_papers // 2, 4), feature_dim=EMB,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+
+
+def _run(data: Any, K: int, chunk_rows: int | None = 65536) -> dict[str, Any]:
+    g = data.graph
+    before = _rss_kib("VmRSS")
+    ok = _reset_peak()
+    t0 = time.perf_counter()
+    out = rphgnn_precompute(
+        g.x_dict, g.edge_index_dict, g.num_nodes_dict, data.target, num_iterations=K,
+        embedding_size=EMB, generator=torch.Generator().manual_seed(1), chunk_rows=chunk_rows,
+    )  # fmt: skip
+    dt = time.perf_counter() - t0
+    peak = _rss_kib("VmHWM") if ok else None
+    stored = sum(t.numel() * t.element_size() for t in out.values())
+    mem = (peak - before) / 1024 if (peak is not None and before is not None) else float("nan")
+    return {"seconds": dt, "stored_MiB": stored / 2**20, "peak_rss_growth_MiB": mem}
+
+
+@register_benchmark(
+    "rphgnn-scaling",
+    description="RpHGNN precompute: time/memory vs K (1..6) and vs edges; linear growth",
+)
+def main(quick: bool = False) -> dict[str, Any]:
+    torch.set_grad_enabled(False)
+    # 1. correctness gate: fast == dense reference (fp64)
+    small = _graph(300)
+    g = small.graph
+    kw = dict(num_iterations=3, embedding_size=16, storage_dtype=torch.float64)
+    fast = rphgnn_precompute(
+        g.x_dict, g.edge_index_dict, g.num_nodes_dict, "paper", compute_dtype=torch.float64,
+        chunk_rows=64, generator=torch.Generator().manual_seed(0), **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    ref = naive_rphgnn_precompute(
+        g.x_dict, g.edge_index_dict, g.num_nodes_dict, "paper",
+        generator=torch.Generator().manual_seed(0), **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    err = max(float((fast[k] - ref[k]).abs().max()) for k in ref)
+    if err > 1e-10:
+        raise AssertionError(f"fast precompute differs from the dense reference by {err}")
+    print(f"correctness gate: max |fast - reference| = {err:.2e} (fp64)")
+    peak = matmul_peak_gflops(size=256 if quick else 512)
+    rows: list[dict[str, Any]] = []
+    # 2. reference vs fast, side by side
+    mid = _graph(1000 if quick else 2000)
+    gm = mid.graph
+    args = (gm.x_dict, gm.edge_index_dict, gm.num_nodes_dict, "paper")
+    t_ref = timeit(
+        lambda: naive_rphgnn_precompute(
+            *args, num_iterations=3, embedding_size=EMB, compute_dtype=torch.float32,
+            generator=torch.Generator().manual_seed(0),
+        ), warmup=0, repeat=1,
+    )  # fmt: skip
+    t_fast = timeit(
+        lambda: rphgnn_precompute(
+            *args, num_iterations=3, embedding_size=EMB, generator=torch.Generator().manual_seed(0)
+        ), warmup=0, repeat=2,
+    )  # fmt: skip
+    rows.append({
+        "sweep": "ref-vs-fast", "setting": f"{gm.num_edges()} edges, K=3",
+        "seconds": t_fast.median, "ratio": t_ref.median / t_fast.median,
+        "note": f"dense reference {t_ref.median:.3g}s = ratio x fast",
+    })  # fmt: skip
+    # 3. K sweep
+    base_papers = 5_000 if quick else 20_000
+    data = _graph(base_papers)
+    edges = data.graph.num_edges()
+    base = None
+    for K in range(1, 7):
+        r = _run(data, K)
+        per_k = r["seconds"] / K
+        base = base or per_k
+        flops = _projection_flops(data, K)
+        rows.append({
+            "sweep": "K", "setting": f"K={K}, {edges} edges", **r,
+            "ratio": per_k / base, "proj_frac_of_peak": flops / r["seconds"] / 1e9 / peak,
+            "note": "ratio = (s per K) / (s per K at K=1)",
+        })  # fmt: skip
+    # 4. size sweep at K = 3
+    max_edges = int(os.environ.get("BATCHCRAFT_RPHGNN_MAX_EDGES", 10**5 if quick else 10**6))
+    sizes = [p for p in (2_000, 20_000, 200_000, 2_000_000) if p * 5 <= max_edges * 1.01]
+    base = None
+    for p in sizes:
+        d = _graph(p)
+        e = d.graph.num_edges()
+        r = _run(d, 3)
+        per_e = r["seconds"] / e
+        base = base or per_e
+        rows.append({
+            "sweep": "edges", "setting": f"{e} edges, K=3", **r, "ratio": per_e / base,
+            "proj_frac_of_peak": _projection_flops(d, 3) / r["seconds"] / 1e9 / peak,
+            "note": "ratio = (s per edge) / (s per edge at the smallest graph)",
+        })  # fmt: skip
+    cols = ["sweep", "setting", "seconds", "ratio", "stored_MiB", "peak_rss_growth_MiB",
+            "proj_frac_of_peak", "note"]  # fmt: skip
+    print_table(rows, cols, title=f"rphgnn-scaling (matmul peak {peak:.1f} GFLOP/s)")
+    result = {"rows": rows, "matmul_peak_gflops": peak, "gate_max_abs_err": err, "quick": quick}
+    write_result("rphgnn-scaling", result)
+    return result
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
