@@ -116,6 +116,12 @@ def window_attention(
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
     if impl == "flex":
         return _flex(qh, kh, vh, window, key_valid, doc_ids, scale).transpose(1, 2)
+    no_mask = tq == 1 and key_valid is None and doc_ids is None
+    if impl == "sdpa" and no_mask and (window is None or tk <= window):
+        # one query that sees every key (decoding): skip building a mask
+        return F.scaled_dot_product_attention(qh, kh, vh, scale=scale).transpose(1, 2)
+    if impl == "sdpa" and window is not None and tq >= 2 * window:
+        return _blocked_sdpa(qh, kh, vh, window, key_valid, doc_ids, scale).transpose(1, 2)
     mask = attention_mask_dense(
         tq, tk, window=window, device=q.device, key_valid=key_valid, doc_ids=doc_ids
     )
@@ -127,6 +133,39 @@ def window_attention(
     s = s.masked_fill(~mask, float("-inf"))
     p = torch.softmax(s, dim=-1)
     return torch.einsum("bhqk,bhkd->bhqd", p, vh.to(cdt)).to(q.dtype).transpose(1, 2)
+
+
+def _blocked_sdpa(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    key_valid: Tensor | None,
+    doc_ids: Tensor | None,
+    scale: float,
+) -> Tensor:
+    """SDPA over query blocks of ``W``: each block sees at most ``2W - 1`` keys, so the cost is
+    ``O(T * W)`` instead of the ``O(T^2)`` of one dense masked call. ``[B, H, T, D]`` tensors."""
+    tq, tk = q.shape[2], k.shape[2]
+    past = tk - tq
+    outs = []
+    for s in range(0, tq, window):
+        e = min(tq, s + window)
+        lo, hi = max(0, past + s - window + 1), past + e  # keys block s..e can see
+        mask = attention_mask_dense(
+            e - s,
+            hi - lo,
+            window=window,
+            device=q.device,
+            key_valid=None if key_valid is None else key_valid[:, lo:hi],
+            doc_ids=None if doc_ids is None else doc_ids[lo:hi],
+        )
+        outs.append(
+            F.scaled_dot_product_attention(
+                q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, scale=scale
+            )
+        )
+    return torch.cat(outs, dim=2)  # [B, H, Tq, D]
 
 
 def _flex(
@@ -216,8 +255,8 @@ class KVBuffer:
         kk = torch.cat([self.k, k], dim=1)  # [B, S + M, H, D]
         vv = torch.cat([self.v, v], dim=1)
         key_valid = None
-        if self.window is not None:
-            first = self.position - s  # absolute position of slot 0
+        first = self.position - s  # absolute position of slot 0
+        if self.window is not None and first < 0:  # some slots still empty
             pos = torch.arange(kk.shape[1], device=q.device) + first
             key_valid = (pos >= 0)[None].expand(q.shape[0], -1)  # [B, S + M]
         o = window_attention(q, kk, vv, window=self.window, key_valid=key_valid, impl=impl)
