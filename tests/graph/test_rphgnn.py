@@ -392,3 +392,26 @@ def test_cli_rejects_bad_method_and_dataset(tmp_path):
         app, ["rphgnn", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.json")]
     )
     assert res.exit_code == 2 and "Error" in res.output
+
+
+def test_baseline_groups_shapes_and_relation_wise_first_hop():
+    from batchcraft.graph.rphgnn_baselines import nars_precompute
+
+    g = three_type_graph()
+    args = (g.x_dict, g.edge_index_dict, g.num_nodes_dict, "paper")
+    nars = nars_precompute(
+        *args, num_hops=2, embedding_size=6, generator=torch.Generator().manual_seed(0)
+    )
+    assert list(nars) == ["hops"] and nars["hops"].shape == (4, 3, 6)
+    rw = relation_wise_precompute(
+        *args, num_hops=1, embedding_size=5, generator=torch.Generator().manual_seed(0),
+        storage_dtype=torch.float64, compute_dtype=torch.float64,
+    )  # fmt: skip
+    assert len(rw) == 1 + metapath_count(g.edge_index_dict, g.num_nodes_dict, "paper", 1)
+    in_venue = g.edge_index_dict[("paper", "in", "venue")]
+    torch.testing.assert_close(
+        rw["mp:venue__rev_in__paper"][:, 0],
+        naive_mean_propagate(in_venue.flip(0), g.x_dict["venue"], 4),
+    )
+    with pytest.raises(ValueError, match="num_hops"):
+        relation_wise_precompute(*args, num_hops=0)
