@@ -98,3 +98,13 @@ def test_normalizer_errors():
         AdamFeatureNormalizer(3, betas=(1.0, 0.9))
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
         AdamFeatureNormalizer(3).transform(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_topk_mask_equals_stable_sort_reference_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randint(-3, 4, (4, 50), generator=g).double()  # many exact ties in |mean|
+    imp = f.mean(0).abs()
+    for h in (1, 7, 25, 49):
+        ref = torch.sort(torch.sort(-imp, stable=True).indices[:h]).values
+        assert torch.equal(topk_mask(f, h), ref)

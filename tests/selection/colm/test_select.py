@@ -98,6 +98,16 @@ def test_cluster_weights_before_normalisation_sum_to_n_q():
     torch.testing.assert_close(sel.weights[2:].sum(), torch.tensor(10 * 5 / 12))
 
 
+def test_compact_features_equal_full_features():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(48, 5, generator=g)
+    src = torch.tensor(SOURCES)
+    keep = torch.isin(src, torch.tensor([2, 3, 4]))
+    full = colm_select(feats, 20, sources=src, keep=keep, weights="cluster", h=3)
+    compact = colm_select(feats[~keep], 20, sources=src, keep=keep, weights="cluster", h=3)
+    assert torch.equal(full.idx, compact.idx) and torch.equal(full.weights, compact.weights)
+
+
 def test_nonfinite_rows_excluded_with_warning():
     feats = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
     feats[3, 1] = float("nan")
@@ -164,7 +174,17 @@ def test_errors():
     with pytest.raises(ValueError, match="ranking must be"):
         colm_select(feats, 2, ranking="loss")
     with pytest.raises(ValueError, match=r"sources and keep must be \[N=5\]"):
-        colm_select(feats, 2, sources=torch.zeros(4, dtype=torch.long))
+        colm_select(
+            feats,
+            2,
+            sources=torch.zeros(4, dtype=torch.long),
+            keep=torch.zeros(5, dtype=torch.bool),
+        )
+    with pytest.raises(
+        ValueError, match=r"features must have N=6 rows or one per non-kept row \(4\)"
+    ):
+        keep6 = torch.tensor([True, True, False, False, False, False])
+        colm_select(feats, 3, keep=keep6)
     with pytest.raises(ValueError, match="coreset_size must be >= 1"):
         CoLMSelector(CountingProbe(), 0)
     with pytest.raises(ValueError, match="normalize must be"):

@@ -55,11 +55,12 @@ class AdamFeatureNormalizer:
         b1, b2 = self.betas
         m = self.m.to(device=g.device, dtype=g.dtype)
         v = self.v.to(device=g.device, dtype=g.dtype)
-        big_m = b1 * m + (1 - b1) * g  # [N, F]
-        big_v = b2 * v + (1 - b2) * g * g  # [N, F]
+        big_m = torch.add(b1 * m, g, alpha=1 - b1)  # [N, F]
+        big_v = torch.addcmul(b2 * v, g, g, value=1 - b2)  # [N, F]
         c1 = 1 - b1 ** (self.t + 1)
         c2 = 1 - b2 ** (self.t + 1)
-        u = (big_m / c1) / ((big_v / c2).sqrt() + self.eps)
+        denom = big_v.div(c2).sqrt_().add_(self.eps)
+        u = big_m.div(c1).div_(denom)  # (M / c1) / (sqrt(V / c2) + eps)
         return u, big_m, big_v
 
     def commit(self, m_sel: Tensor, v_sel: Tensor) -> None:
@@ -112,6 +113,7 @@ def topk_mask(features: Tensor, h: int) -> Tensor:
     if h >= f:
         return torch.arange(f, device=features.device)
     imp = features.mean(dim=0).abs()  # [F]
-    # stable sort on -imp: equal importance keeps the lower coordinate first
-    order = torch.sort(-imp, stable=True).indices[:h]
-    return torch.sort(order).values
+    thr = torch.topk(imp, h, sorted=False).values.min()  # h-th largest value
+    above = torch.nonzero(imp > thr).flatten()
+    ties = torch.nonzero(imp == thr).flatten()[: h - above.numel()]  # lower coordinates first
+    return torch.sort(torch.cat([above, ties])).values

@@ -77,7 +77,8 @@ def colm_select(
     """Select ``k`` of ``N`` pool rows.
 
     Args:
-        features: ``[N, F]`` raw features; rows where ``keep`` is true are ignored.
+        features: ``[N, F]`` raw features (rows where ``keep`` is true are ignored), or
+            ``[N - |keep|, F]``: only the non-kept rows, in pool order (never featurise kept).
         k: coreset size ``b``, ``1 <= k <= N``.
         sources: ``[N]`` source ids (``None``: one source, no per-source quotas).
         keep: ``[N]`` bool, rows kept whole (small sources).
@@ -93,7 +94,10 @@ def colm_select(
     """
     if features.dim() != 2:
         raise ValueError(f"features must be 2-D [N, F], got shape {tuple(features.shape)}")
-    n = features.shape[0]
+    if keep is not None:
+        n = keep.shape[0]
+    else:
+        n = sources.shape[0] if sources is not None else features.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, N={n}], got {k}")
     if similarity != "l1":
@@ -117,9 +121,19 @@ def colm_select(
         return ColmSelection(
             idx, torch.ones(k, device=dev), torch.ones(k, dtype=torch.bool, device=dev), stats
         )
-    finite = torch.isfinite(features).all(dim=1)
-    cand = torch.nonzero(~kp & finite).flatten()  # R: big-source candidates, [N']
-    n_bad = int((~kp & ~finite).sum())
+    free = torch.nonzero(~kp).flatten()  # pool rows to rank
+    if features.shape[0] == n:
+        frow = free
+    elif features.shape[0] == free.numel():
+        frow = torch.arange(free.numel(), device=dev)
+    else:
+        raise ValueError(
+            f"features must have N={n} rows or one per non-kept row ({free.numel()}), "
+            f"got {features.shape[0]}"
+        )
+    finite = torch.isfinite(features).all(dim=1)[frow]
+    cand, cand_f = free[finite], frow[finite]  # R: big-source candidates [N'], feature rows
+    n_bad = int((~finite).sum())
     stats["n_nonfinite"] = n_bad
     if n_bad:
         warnings.warn(f"{n_bad} pool rows have non-finite features and were excluded", stacklevel=2)
@@ -129,11 +143,7 @@ def colm_select(
             f"only {cand.numel()} finite big-source candidates for {budget} picks; "
             "lower k or check the features"
         )
-    g = features[cand]  # [N', F]
-    if normalizer is not None:
-        u, big_m, big_v = normalizer.transform(g)
-    else:
-        u, big_m, big_v = g, g, g
+    g = features[cand_f] if cand_f.numel() != features.shape[0] else features  # [N', F]
     budgets = source_budgets(src[cand], budget)
     stats["budgets"] = budgets
     picks, pick_w, objective = [], [], 0.0
@@ -147,7 +157,8 @@ def colm_select(
             perm = torch.randperm(rows.numel(), generator=generator)[:bq].to(dev)
             sel, w = rows[perm], torch.ones(bq, device=dev)
         else:
-            uq = u[rows]  # [n_q, F]
+            # normalise one source at a time: peak memory ~ n_q x F, not N' x F
+            uq = g[rows] if normalizer is None else normalizer.transform(g[rows])[0]  # [n_q, F]
             if h is not None:
                 uq = uq[:, topk_mask(uq, h)]  # [n_q, h]
             sim = l1_similarity(uq)  # [n_q, n_q]
@@ -159,7 +170,8 @@ def colm_select(
     stats["objective"] = objective
     pick_pos = torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long, device=dev)
     if normalizer is not None:
-        normalizer.commit(big_m[pick_pos], big_v[pick_pos])
+        _, big_m, big_v = normalizer.transform(g[pick_pos])
+        normalizer.commit(big_m, big_v)
     idx = torch.cat([kept_idx, cand[pick_pos]])
     kept = torch.cat(
         [torch.ones_like(kept_idx, dtype=torch.bool), torch.zeros_like(pick_pos, dtype=torch.bool)]
@@ -257,12 +269,11 @@ class CoLMSelector:
             raise ValueError(f"coreset_size ({self.coreset_size}) must be <= pool size ({n})")
         keep = keep_mask(sources, self._small_for(sources)) if self.keep_small else None
         kept_n = 0 if keep is None else int(keep.sum())
-        feats = torch.zeros(n, self.probe.dim)
-        if kept_n < self.coreset_size and (self.ranking == "facility"):
+        if kept_n < self.coreset_size and self.ranking == "facility":
             rows = torch.nonzero(~keep).flatten() if keep is not None else torch.arange(n)
-            f = self.probe.features(subset_batch(batch, rows))  # [N', F]
-            feats = feats.to(f.dtype)
-            feats[rows.cpu()] = f.cpu()
+            feats = self.probe.features(subset_batch(batch, rows)).cpu()  # [N - |kept|, F]
+        else:  # nothing to rank with features: no probe call
+            feats = torch.zeros(n - kept_n, 1)
         sel = colm_select(
             feats,
             self.coreset_size,

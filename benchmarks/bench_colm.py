@@ -1,0 +1,244 @@
+"""CoLM: selection overhead per step vs the training step, and peak memory per arm.
+
+Correctness gate first (facility location naive == vectorised greedy == lazy on the benchmark's
+own similarity matrices; zeroth-order estimate == autograd directional derivative in fp64 on
+the tiny LM). Then, side by side in one run:
+
+* facility location: naive (Python loops) vs vectorised greedy vs lazy greedy, ms per call;
+* one optimizer step on a tiny causal LM with LoRA (r = 8 on q, k, v, o; probed matrix: the last
+  block's V-projection LoRA-B, as in the paper): random-b, random-B (= 2b),
+  CoLM (zeroth-order, 1 fixed direction), CoLM with 16 fresh directions, CoLM with exact
+  per-example gradients; selection time as a fraction of the random-b training step;
+* peak memory increment of each arm's training loop after one warm-up step, each in a fresh
+  subprocess (CPU: peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the
+  pre-loop RSS, large blocks through mmap so freed memory leaves RSS; CUDA:
+  ``max_memory_allocated``), as a ratio to random-B.
+
+    python benchmarks/bench_colm.py [--quick]      # or: batchcraft bench colm
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from typing import Any
+
+import torch
+
+from batchcraft.registry import register_benchmark
+from batchcraft.utils.bench import matmul_peak_gflops, print_table, timeit, write_result
+
+PARAM = "blocks.1.attn.v.lora_B"  # as in the paper: the last block's V-projection LoRA-B
+
+
+def _sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"b": 16, "d": 128, "steps": 3, "mem_steps": 2}
+    return {"b": 32, "d": 256, "steps": 4, "mem_steps": 3}
+
+
+def _setup(d: int, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Synthetic mixture and a tiny LM with LoRA (r = 8) on q, k, v, o; base frozen."""
+    from batchcraft.data.mixture import make_mixture
+    from batchcraft.selection.colm.tiny_lm import TinyLM, TinyLMConfig, apply_lora
+
+    mix = make_mixture(seed=0, eval_size=1)
+    cfg = TinyLMConfig(vocab_size=mix.tokenizer.vocab_size, d_model=d, n_heads=4, max_len=32)
+    model = TinyLM(cfg, generator=torch.Generator().manual_seed(0))
+    apply_lora(model, r=8, alpha=16.0, generator=torch.Generator().manual_seed(1))
+    model = model.to(dtype)
+    with torch.no_grad():  # a "fine-tuned" adapter state, so gradients w.r.t. LoRA-B are generic
+        g = torch.Generator().manual_seed(2)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g, dtype=dtype))
+    return mix, model
+
+
+def _arm(name: str, model: Any, mix: Any, b: int) -> Any:
+    from batchcraft.selection.colm.arms import make_arm
+
+    alias = {"random-B": "random-2b", "colm-multi16": "colm-multi"}.get(name, name)
+    return make_arm(alias, model, PARAM, b=b, big=2 * b, counts=mix.counts, h=2560, seed=0)
+
+
+def gate() -> dict[str, float]:
+    """Facility location paths agree; ZO == exact directional derivative (fp64)."""
+    from batchcraft.selection.colm import ExactGradProbe, ZOProbe, facility_location
+    from batchcraft.selection.colm import l1_similarity as l1s
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((40, 7), (200, 25)):
+        s = l1s(torch.randn(n, 16, generator=g, dtype=torch.float64))
+        greedy = facility_location(s, k, impl="greedy")
+        if n <= 40 and not torch.equal(greedy, facility_location(s, k, impl="naive")):
+            raise AssertionError("facility location: greedy != naive")
+        if not torch.equal(greedy, facility_location(s, k, impl="lazy")):
+            raise AssertionError("facility location: lazy != greedy")
+    mix, model = _setup(32, torch.float64)
+    pool = mix.sample_pool(8, generator=torch.Generator().manual_seed(0))
+    zo = ZOProbe(model, PARAM, eps=1e-6, seed=1)
+    z = zo.directions_for_step(0)
+    c = zo.coefficients(pool, z)[:, 0]
+    exact = ExactGradProbe(model, PARAM).features(pool) @ z[0].double()
+    rel = float(((c - exact).abs() / exact.abs()).max())
+    if rel > 1e-6:
+        raise AssertionError(f"ZO vs exact directional derivative: rel err {rel:.2e} > 1e-6")
+    return {"zo_rel_err": rel}
+
+
+def _fl_rows(quick: bool) -> list[dict[str, Any]]:
+    from batchcraft.selection.colm import facility_location, l1_similarity
+
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for n in (64, 256) if quick else (64, 512, 1024):
+        s = l1_similarity(torch.randn(n, 64, generator=g))
+        k = n // 2 if n <= 64 else n // 8
+        row: dict[str, Any] = {"N": n, "K": k}
+        impls = ("naive", "greedy", "lazy") if n <= 64 else ("greedy", "lazy")
+        for impl in impls:
+            t = timeit(
+                lambda s=s, k=k, impl=impl: facility_location(s, k, impl=impl),
+                warmup=0,
+                repeat=3,
+            )
+            row[f"{impl} ms"] = 1e3 * t.median
+        row["lazy / greedy"] = row["lazy ms"] / row["greedy ms"]
+        rows.append(row)
+    return rows
+
+
+def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
+    from batchcraft.selection.colm import ColmTrainer
+
+    mix, model = _setup(sz["d"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    rows, base = [], math.nan
+    for name in ("random-b", "random-B", "colm", "colm-multi16", "colm-exact"):
+        arm = _arm(name, model, mix, sz["b"])
+        trainer = ColmTrainer(model, opt, arm.selector)
+        n_steps = 2 if name == "colm-multi16" else sz["steps"]  # 32 forwards per selection
+        stats = [trainer.step(mix.sample_pool(arm.pool, generator=gen)) for _ in range(n_steps)]
+        stats = stats[1:]  # first step warms caches
+        sel = sorted(s.select_s for s in stats)[len(stats) // 2]
+        trn = sorted(s.train_s for s in stats)[len(stats) // 2]
+        if name == "random-b":
+            base = trn
+        rows.append(
+            {
+                "arm": name,
+                "pool": arm.pool,
+                "trained batch": stats[0].size,
+                "select ms": 1e3 * sel,
+                "train ms": 1e3 * trn,
+                "select / train(b)": sel / base,
+                "step / step(b)": (sel + trn) / base,
+            }
+        )
+    return rows
+
+
+def _rss(field: str) -> int:
+    """``VmRSS`` / ``VmHWM`` of this process in bytes."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(name: str, quick: bool) -> None:
+    """Run in a fresh process: print the peak memory increment of ``name``'s training loop."""
+    from batchcraft.selection.colm import ColmTrainer
+
+    sz = _sizes(quick)
+    torch.set_num_threads(1)
+    mix, model = _setup(sz["d"])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        model = model.cuda()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    arm = _arm(name, model, mix, sz["b"])
+    trainer = ColmTrainer(model, opt, arm.selector)
+    gen = torch.Generator().manual_seed(0)
+    pools = [mix.sample_pool(arm.pool, generator=gen) for _ in range(sz["mem_steps"] + 1)]
+    if cuda:
+        pools = [{k: v.cuda() for k, v in p.items()} for p in pools]
+    trainer.step(pools[0])  # warm-up: optimizer state, thread pools, caches stay resident
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss("VmRSS")
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
+    for p in pools[1:]:
+        trainer.step(p)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        peak = _rss("VmHWM") - before
+    print(
+        json.dumps({"arm": name, "peak_bytes": max(peak, 0), "device": "cuda" if cuda else "cpu"})
+    )
+
+
+def _memory_rows(quick: bool) -> list[dict[str, Any]]:
+    out = []
+    for name in ("random-b", "random-B", "colm", "colm-exact"):
+        args = [sys.executable, os.path.abspath(__file__), "--memory-arm", name]
+        if quick:
+            args.append("--quick")
+        # large blocks via mmap, so freed activations leave RSS and each step's peak shows
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300, env=env)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    ref = next(r["peak_bytes"] for r in out if r["arm"] == "random-B") or 1
+    return [
+        {
+            "arm": r["arm"],
+            "device": r["device"],
+            "peak increment MiB": r["peak_bytes"] / 2**20,
+            "vs random-B": r["peak_bytes"] / ref,
+        }
+        for r in out
+    ]
+
+
+@register_benchmark(
+    "colm", description="CoLM selection overhead vs training step; peak memory random-b/B vs CoLM"
+)
+def main(quick: bool = False) -> dict[str, Any]:
+    sz = _sizes(quick)
+    checks = gate()
+    peak = matmul_peak_gflops(batch=4, size=256)
+    fl = _fl_rows(quick)
+    print_table(fl, title="facility location (ms per call; naive only at N = 64)")
+    steps = _step_rows(sz)
+    print_table(steps, title=f"one optimizer step, b={sz['b']}, B={2 * sz['b']}, d={sz['d']}")
+    mem = _memory_rows(quick)
+    print_table(mem, title="peak memory increment of the training loop (fresh process per arm)")
+    rows = [{"table": "step", **r} for r in steps] + [{"table": "memory", **r} for r in mem]
+    result = {
+        "rows": rows,
+        "facility_location": fl,
+        "memory": mem,
+        "gate": checks,
+        "matmul_gflops": peak,
+        "sizes": sz,
+    }
+    write_result("colm", result)
+    return result
+
+
+if __name__ == "__main__":
+    if "--memory-arm" in sys.argv:
+        _memory_child(sys.argv[sys.argv.index("--memory-arm") + 1], "--quick" in sys.argv)
+    else:
+        main(quick="--quick" in sys.argv)
