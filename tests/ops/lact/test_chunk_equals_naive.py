@@ -148,3 +148,19 @@ def test_detach_cuts_cross_call_gradient() -> None:
         o2, _ = lact(inp.q[:, 8:], inp.k[:, 8:], inp.v[:, 8:], inp.lr[:, 8:], s, chunk_size=4)
         (gk,) = torch.autograd.grad(o2.sum(), [inp.k], retain_graph=True)
         assert (float(gk[:, :8].abs().max()) == 0.0) == expect_zero
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"muon": "tuned", "weight_norm": "pre"}, {"weight_norm": None, "muon": "classic"}],
+    ids=["default", "muon-pre", "classic-nonorm"],
+)
+@pytest.mark.parametrize("use_beta", [False, True], ids=["nomom", "mom"])
+def test_inference_path_matches(kw: dict[str, object], use_beta: bool) -> None:
+    """Under no_grad the fast path runs a workspace-reusing variant: same outputs and state."""
+    inp = make_inputs(2, 37, 3, 6, 10)
+    o, s = run("naive", inp, C=8, use_beta=use_beta, **kw)
+    with torch.no_grad():
+        o2, s2 = run("chunk", inp, C=8, use_beta=use_beta, **kw)
+    torch.testing.assert_close(o2, o, rtol=1e-10, atol=1e-10)
+    assert_states_close(s2, s, rtol=1e-10, atol=1e-10)

@@ -54,10 +54,6 @@ class _Folded(Layout):
         return w.unflatten(0, (B, H))
 
 
-def _cat0(a: Sequence[Tensor] | None, i: int, j: int) -> Tensor | None:
-    return None if a is None else torch.cat([a[i], a[j]], dim=1)
-
-
 class _ChunkBackend(Backend):
     def __init__(self, cfg: UpdateConfig, recompute: bool) -> None:
         super().__init__(cfg)
@@ -79,58 +75,124 @@ class _ChunkBackend(Backend):
     # -- fused loop over complete chunks -------------------------------------------------------
     def _step(
         self,
-        wgu: Tensor,
-        wd: Tensor,
-        acc_gu: Tensor | None,
-        acc_d: Tensor | None,
-        mom_gu: Tensor | None,
-        mom_d: Tensor | None,
-        rho_gu: Tensor | None,
-        rho_d: Tensor | None,
-        qk: Tensor,
+        w: tuple[Tensor, Tensor, Tensor],
+        acc: tuple[Tensor, ...] | None,
+        mom: tuple[Tensor, ...] | None,
+        rho: tuple[Tensor, ...] | None,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lr: Tensor,
+        scaled: tuple[Tensor, Tensor, Tensor],
+        beta: Tensor | None,
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        """One apply-then-update chunk.
+
+        Args:
+            w: (gate, up, down) used by this chunk.
+            acc, mom, rho: pre-norm accumulators, momentum buffers, reference row norms (or None).
+            q: queries of the chunk [N, C, D].
+            k: keys of the chunk [N, C, D].
+            v: values [N, C, D].
+            lr: learning rates [N, C, 3] (only read by the "mse" loss).
+            scaled: (lg * k, lu * k, ld * v), each [N, C, D] (lr folded into the right operand).
+            beta: momentum gates [N, C, 1] or None.
+
+        Returns:
+            (o [N, C, D], new weights, new accumulators, new momentum buffers).
+        """
+        wg, wu, wd = w
+        zkg, zku = k @ wg.mT, k @ wu.mT  # [N, C, Dh]
+        zqg, zqu = q @ wg.mT, q @ wu.mT
+        hq = torch.nn.functional.silu(zqg) * zqu
+        o = hq @ wd.mT  # [N, C, D]
+        kg, ku, vd = scaled
+        mu = None if beta is None else beta.mean(dim=1, keepdim=True)  # [N, 1, 1]
+        for step in range(self.cfg.inner_steps):
+            if step > 0:
+                zkg, zku = k @ wg.mT, k @ wu.mT
+            sg = torch.sigmoid(zkg)
+            a = zkg * sg  # silu(zk_g)
+            hk = a * zku
+            if self.cfg.loss == "mse":
+                e = v - hk @ wd.mT  # [N, C, D]
+                vd = lr[..., 2:3] * e
+            else:
+                e = v
+            g = e @ wd  # [N, C, Dh]
+            d_d = vd.mT @ hk  # [N, D, Dh] = v^T (ld * Hk)
+            d_u = (g * a).mT @ ku  # (G * A)^T (lu * K)
+            pg = g * zku * (sg * (1 + zkg * (1 - sg)))
+            d_g = pg.mT @ kg  # [N, Dh, D] = (G * Zu * silu'(Zg))^T (lg * K)
+            new_w, new_a, new_m = update_rule(
+                [wg, wu, wd],
+                [d_g, d_u, d_d],
+                accum=None if acc is None else list(acc),
+                rho=None if rho is None else list(rho),
+                momentum=None if mom is None else list(mom),
+                mu=mu,
+                cfg=self.cfg,
+            )
+            wg, wu, wd = new_w
+            if new_a is not None:
+                acc = tuple(new_a)
+            if new_m is not None:
+                mom = tuple(new_m)
+        return o, (wg, wu, wd), acc, mom
+
+    def _step_inference(
+        self,
+        w: tuple[Tensor, Tensor, Tensor],
+        acc: tuple[Tensor, ...] | None,
+        mom: tuple[Tensor, ...] | None,
+        rho: tuple[Tensor, ...] | None,
+        q: Tensor,
+        k: Tensor,
         v: Tensor,
         lr: Tensor,
         beta: Tensor | None,
-    ) -> tuple[Tensor, ...]:
-        """One apply-then-update chunk. qk: [N, 2C, D] (queries then keys), v: [N, C, D], lr: [N, C, 3]."""
-        C = v.shape[1]
-        Dh = wd.shape[-1]
-        z = qk @ wgu.mT  # [N, 2C, 2Dh]
-        zq = z[:, :C]
-        o = (torch.nn.functional.silu(zq[..., :Dh]) * zq[..., Dh:]) @ wd.mT  # [N, C, D]
-        k = qk[:, C:]  # [N, C, D]
-        lg, lu, ld = lr[..., 0:1], lr[..., 1:2], lr[..., 2:3]
-        mu = None if beta is None else beta.mean(dim=1, keepdim=True)  # [N, 1, 1]
-        zk = z[:, C:]
-        for step in range(self.cfg.inner_steps):
-            if step > 0:
-                zk = k @ wgu.mT
-            zg, zu = zk[..., :Dh], zk[..., Dh:]  # [N, C, Dh]
-            sg = torch.sigmoid(zg)
-            a = zg * sg
-            hk = a * zu
-            e = v - hk @ wd.mT if self.cfg.loss == "mse" else v  # [N, C, D]
-            g = e @ wd  # [N, C, Dh]
-            d_d = e.mT @ (ld * hk)  # [N, D, Dh]
-            gz = g * zu
-            p = torch.cat([lg * gz * sg * (1 + zg * (1 - sg)), lu * g * a], dim=-1)  # [N, C, 2Dh]
-            d_gu = p.mT @ k  # [N, 2Dh, D]
-            w, acc, mom = update_rule(
-                [wgu, wd],
-                [d_gu, d_d],
-                accum=None if acc_gu is None or acc_d is None else [acc_gu, acc_d],
-                rho=None if rho_gu is None or rho_d is None else [rho_gu, rho_d],
-                momentum=None if mom_gu is None or mom_d is None else [mom_gu, mom_d],
-                mu=mu,
-                cfg=self.cfg,
-                stacked=[2, 1],
-            )
-            wgu, wd = w
-            if acc is not None:
-                acc_gu, acc_d = acc
-            if mom is not None:
-                mom_gu, mom_d = mom
-        return o, wgu, wd, acc_gu, acc_d, mom_gu, mom_d  # type: ignore[return-value]
+        out: Tensor,
+        ws: dict[str, Tensor],
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...] | None, tuple[Tensor, ...] | None]:
+        """:meth:`_step` without a graph (neg_dot, one inner step): same maths, written into
+        reused workspace buffers ``ws`` and ``out`` [N, C, D], elementwise chains in place.
+        Fresh multi-MB allocations per chunk cost page faults on CPU; reuse avoids them."""
+        wg, wu, wd = w
+        zqg = torch.bmm(q, wg.mT, out=ws["zqg"])  # [N, C, Dh]
+        zqu = torch.bmm(q, wu.mT, out=ws["zqu"])
+        zkg = torch.bmm(k, wg.mT, out=ws["zkg"])
+        zku = torch.bmm(k, wu.mT, out=ws["zku"])
+        hq = torch.nn.functional.silu(zqg, inplace=True).mul_(zqu)
+        torch.bmm(hq, wd.mT, out=out)  # o_j [N, C, D]
+        lg, lu, ld = lr.split(1, dim=-1)  # [N, C, 1] each
+        # lr folded into the right operands, per chunk into reused buffers (no fresh [N, T, D] tensors)
+        kg = torch.mul(k, lg, out=ws["kg"])
+        ku = torch.mul(k, lu, out=ws["ku"])
+        vd = torch.mul(v, ld, out=ws["vd"])
+        sg = torch.sigmoid(zkg, out=ws["sg"])
+        a = torch.mul(zkg, sg, out=ws["a"])  # silu(zk_g)
+        hk = torch.mul(a, zku, out=ws["hk"])
+        g = torch.bmm(v, wd, out=ws["g"])  # [N, C, Dh]
+        d_d = vd.mT @ hk  # [N, D, Dh]
+        t = torch.mul(a, sg, out=ws["t"])
+        torch.sub(a, t, out=t).add_(sg).mul_(zku).mul_(g)  # silu'(zg) = sg + a - a*sg, times Zu * G
+        d_g = t.mT @ kg
+        d_u = a.mul_(g).mT @ ku
+        mu = None if beta is None else beta.mean(dim=1, keepdim=True)
+        new_w, new_a, new_m = update_rule(
+            [wg, wu, wd],
+            [d_g, d_u, d_d],
+            accum=None if acc is None else list(acc),
+            rho=None if rho is None else list(rho),
+            momentum=None if mom is None else list(mom),
+            mu=mu,
+            cfg=self.cfg,
+        )
+        return (
+            tuple(new_w),
+            acc if new_a is None else tuple(new_a),
+            mom if new_m is None else tuple(new_m),
+        )
 
     def chunks(
         self, run: Run, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, beta: Tensor | None, C: int
@@ -139,44 +201,75 @@ class _ChunkBackend(Backend):
             return super().chunks(run, q, k, v, lr, beta, C)
         N, L, D = q.shape
         n = L // C
-        qk = torch.cat([q.view(N, n, C, D), k.view(N, n, C, D)], dim=2)  # [N, n, 2C, D]
-        vc = v.view(N, n, C, D)
-        lrc = lr.view(N, n, C, 3)
-        bc = None if beta is None else beta.view(N, n, C, 1)
-        wgu = torch.cat([run.w[0], run.w[1]], dim=1)  # [N, 2Dh, D]
-        wd = run.w[2]
-        acc_gu, acc_d = _cat0(run.acc, 0, 1), None if run.acc is None else run.acc[2]
-        mom_gu, mom_d = _cat0(run.mom, 0, 1), None if run.mom is None else run.mom[2]
-        rho_gu, rho_d = _cat0(run.rho, 0, 1), None if run.rho is None else run.rho[2]
+        w: tuple[Tensor, ...] = tuple(run.w)
+        acc = None if run.acc is None else tuple(run.acc)
+        mom = None if run.mom is None else tuple(run.mom)
+        rho = None if run.rho is None else tuple(run.rho)
+        # unbind/split (not per-chunk slicing) so backward gathers chunk gradients in one op
+        qs, ks, vs, lrs = (x.split(C, dim=1) for x in (q, k, v, lr))
+        bs = [None] * n if beta is None else beta.split(C, dim=1)
+        fast = (
+            not torch.is_grad_enabled() and self.cfg.loss == "neg_dot" and self.cfg.inner_steps == 1
+        )
+        if fast:
+            Dh = w[2].shape[-1]
+            names = ("zqg", "zqu", "zkg", "zku", "sg", "a", "hk", "g", "t")
+            ws = {name: q.new_empty(N, C, Dh) for name in names}
+            ws.update({name: q.new_empty(N, C, D) for name in ("kg", "ku", "vd")})
+            o_all = q.new_empty(n, N, C, D)  # chunk-major so every chunk's output is contiguous
+            for j in range(n):
+                w, acc, mom = self._step_inference(
+                    w,  # type: ignore[arg-type]
+                    acc,
+                    mom,
+                    rho,
+                    qs[j],
+                    ks[j],
+                    vs[j],
+                    lrs[j],
+                    bs[j],
+                    out=o_all[j],
+                    ws=ws,
+                )
+            self._store(run, w, acc, mom)
+            return o_all.permute(1, 0, 2, 3).reshape(N, L, D)  # [N, n*C, D]
+        # lr folded into the right-hand operands once for all chunks: [N, L, D] each
+        lg, lu, ld = lr.split(1, dim=-1)  # [N, L, 1] each
+        kgs, kus, vds = ((lg * k).split(C, 1), (lu * k).split(C, 1), (ld * v).split(C, 1))
         outs = []
         for j in range(n):
-            args = (
-                wgu,
-                wd,
-                acc_gu,
-                acc_d,
-                mom_gu,
-                mom_d,
-                rho_gu,
-                rho_d,
-                qk[:, j],
-                vc[:, j],
-                lrc[:, j],
+            step_args = (
+                w,
+                acc,
+                mom,
+                rho,
+                qs[j],
+                ks[j],
+                vs[j],
+                lrs[j],
+                (kgs[j], kus[j], vds[j]),
+                bs[j],
             )
-            bj = None if bc is None else bc[:, j]
             if self.recompute and torch.is_grad_enabled():
-                res = checkpoint(self._step, *args, bj, use_reentrant=False)
+                o, w, acc, mom = checkpoint(self._step, *step_args, use_reentrant=False)
             else:
-                res = self._step(*args, bj)
-            o, wgu, wd, acc_gu, acc_d, mom_gu, mom_d = res
+                o, w, acc, mom = self._step(*step_args)  # type: ignore[arg-type]
             outs.append(o)
-        Dh = wd.shape[-1]
-        run.w = [wgu[:, :Dh], wgu[:, Dh:], wd]
-        if acc_gu is not None and acc_d is not None:
-            run.acc = [acc_gu[:, :Dh], acc_gu[:, Dh:], acc_d]
-        if mom_gu is not None and mom_d is not None:
-            run.mom = [mom_gu[:, :Dh], mom_gu[:, Dh:], mom_d]
+        self._store(run, w, acc, mom)
         return torch.cat(outs, dim=1)  # [N, n*C, D]
+
+    @staticmethod
+    def _store(
+        run: Run,
+        w: tuple[Tensor, ...],
+        acc: tuple[Tensor, ...] | None,
+        mom: tuple[Tensor, ...] | None,
+    ) -> None:
+        run.w = list(w)
+        if acc is not None:
+            run.acc = list(acc)
+        if mom is not None:
+            run.mom = list(mom)
 
 
 def chunk_lact(

@@ -92,13 +92,14 @@ class Backend:
         self, run: Run, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, beta: Tensor | None, C: int
     ) -> Tensor:
         """Apply-then-update on ``n`` complete chunks (time length ``n*C``); returns outputs."""
+        # split (not per-chunk slicing): one SplitBackward gathers all chunk gradients at once,
+        # where n slices would each materialise a full-length zero gradient (quadratic in T)
+        qs, ks, vs, lrs = (x.split(C, dim=1) for x in (q, k, v, lr))
+        bs = [None] * len(qs) if beta is None else beta.split(C, dim=1)
         outs = []
-        for s in range(0, q.shape[1], C):
-            e = s + C
-            outs.append(self.apply(run.w, q[:, s:e]))
-            self.update(
-                run, k[:, s:e], v[:, s:e], lr[:, s:e], None if beta is None else beta[:, s:e]
-            )
+        for qj, kj, vj, lj, bj in zip(qs, ks, vs, lrs, bs, strict=True):
+            outs.append(self.apply(run.w, qj))
+            self.update(run, kj, vj, lj, bj)
         return torch.cat(outs, dim=1)
 
 

@@ -1,0 +1,171 @@
+"""Timing of the LaCT op shared by ``benchmarks/bench_lact.py`` and the ``lact-utilization`` experiment.
+
+Throughput counts ``18*D*Dh`` FLOPs per token per head for the forward pass (§3; Muon added when
+on), ``3x`` that for forward+backward, and is reported as a fraction of this machine's batched
+matmul peak measured in the same run (:func:`batchcraft.utils.bench.matmul_peak_gflops` on square
+``[D, D]`` operands, the size of the op's weight-side matmuls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from batchcraft.ops.lact.state import FastWeights
+
+__all__ = ["LaCTCase", "lact_case_flops", "make_case", "op_peak_gflops", "time_lact", "time_sdpa"]
+
+
+@dataclass(frozen=True)
+class LaCTCase:
+    """One benchmark configuration (``Dh = D`` unless given)."""
+
+    T: int
+    D: int
+    C: int
+    B: int = 1
+    H: int = 1
+    Dh: int = 0
+    muon: str | None = None
+
+    @property
+    def dh(self) -> int:
+        return self.Dh or self.D
+
+    def label(self) -> str:
+        return f"B{self.B}-T{self.T}-H{self.H}-D{self.D}-Dh{self.dh}-C{self.C}"
+
+
+def make_case(
+    case: LaCTCase,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor, Tensor, Tensor, FastWeights]:
+    """Layer-like inputs: unit-norm q, k; lr ~ U[0, 1e-2); W0 with 1/fan-in variance."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, H, D, Dh = case.B, case.T, case.H, case.D, case.dh
+
+    def rn(*s: int) -> Tensor:
+        return torch.randn(*s, generator=g, dtype=dtype).to(device)
+
+    q = torch.nn.functional.normalize(rn(B, T, H, D), dim=-1)
+    k = torch.nn.functional.normalize(rn(B, T, H, D), dim=-1)
+    v = rn(B, T, H, D)
+    lr = (torch.rand(B, T, H, 3, generator=g, dtype=dtype) * 1e-2).to(device)
+    w = FastWeights(rn(H, Dh, D) / D**0.5, rn(H, Dh, D) / D**0.5, rn(H, D, Dh) / Dh**0.5)
+    return q, k, v, lr, w
+
+
+def lact_case_flops(case: LaCTCase, *, backward: bool = False) -> float:
+    """Counted FLOPs of one call (forward ``18*D*Dh`` per token per head, +Muon; x3 with backward)."""
+    from batchcraft.ops.lact import lact_flops
+
+    f = lact_flops(
+        case.B * case.T, case.H, case.D, case.dh, muon=case.muon is not None, chunk_size=case.C
+    )
+    return 3.0 * f if backward else f
+
+
+def _timed(fn: Callable[[], Any], repeat: int, warmup: int, device: Any) -> dict[str, float]:
+    from batchcraft.utils.bench import timeit
+
+    t = timeit(fn, warmup=warmup, repeat=repeat, device=device)
+    return {"median_s": t["median_s"], "min_s": t["min_s"]}
+
+
+def time_lact(
+    case: LaCTCase,
+    *,
+    impl: str = "chunk",
+    backward: bool = False,
+    repeat: int = 2,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+    **kw: Any,
+) -> dict[str, Any]:
+    """Time ``lact`` (forward under ``no_grad``, or forward+backward w.r.t. q, k, v, lr and W0).
+
+    Returns:
+        ``{"seconds", "gflops", "tokens_per_s", ...}`` using the best of ``repeat`` runs.
+    """
+    from batchcraft.ops.lact import lact
+
+    q, k, v, lr, w = make_case(case, device=device)
+    if backward:
+        leaves = [q, k, v, lr, *[t for t in w if t is not None]]
+        for t in leaves:
+            t.requires_grad_(True)
+        grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(q)
+
+        def fn() -> None:
+            o, _ = lact(q, k, v, lr, w, chunk_size=case.C, muon=case.muon, impl=impl, **kw)
+            torch.autograd.grad(o, leaves, grad_out)
+
+    else:
+
+        def fn() -> None:
+            with torch.no_grad():
+                lact(q, k, v, lr, w, chunk_size=case.C, muon=case.muon, impl=impl, **kw)
+
+    tm = _timed(fn, repeat, warmup, device)
+    flops = lact_case_flops(case, backward=backward)
+    return {
+        "seconds": tm["min_s"],
+        "median_s": tm["median_s"],
+        "gflops": flops / tm["min_s"] / 1e9,
+        "tokens_per_s": case.B * case.T / tm["min_s"],
+    }
+
+
+def time_sdpa(
+    *,
+    B: int,
+    T: int,
+    H: int,
+    D: int,
+    backward: bool = False,
+    repeat: int = 2,
+    warmup: int = 1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Causal full attention (``scaled_dot_product_attention``) at the same shape: the quadratic peer.
+
+    FLOPs counted: ``2*T*T*D`` per head (QK^T and PV over the causal half), x3 with backward.
+    """
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(device) for _ in range(3))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if backward:
+        for t in (q, k, v):
+            t.requires_grad_(True)
+
+        def fn() -> None:
+            o = sdpa(q, k, v, is_causal=True)
+            torch.autograd.grad(o.sum(), [q, k, v])
+
+    else:
+
+        def fn() -> None:
+            with torch.no_grad():
+                sdpa(q, k, v, is_causal=True)
+
+    tm = _timed(fn, repeat, warmup, device)
+    flops = 2.0 * T * T * D * B * H * (3 if backward else 1)
+    return {
+        "seconds": tm["min_s"],
+        "gflops": flops / tm["min_s"] / 1e9,
+        "tokens_per_s": B * T / tm["min_s"],
+    }
+
+
+def op_peak_gflops(D: int, *, device: str | torch.device = "cpu", repeat: int = 5) -> float:
+    """Batched fp32 matmul peak on ``[8, D, D]`` operands (the op's weight-side matmul size)."""
+    from batchcraft.utils.bench import matmul_peak_gflops
+
+    return matmul_peak_gflops(batch=8, size=max(D, 128), device=device, repeat=repeat)
