@@ -7,8 +7,9 @@ the tiny LM). Then, side by side in one run:
 * facility location: naive (Python loops) vs vectorised greedy vs lazy greedy, ms per call;
 * one optimizer step on a tiny causal LM with LoRA (r = 8 on q, k, v, o; probed matrix: the last
   block's V-projection LoRA-B, as in the paper): random-b, random-B (= 2b),
-  CoLM (zeroth-order, 1 fixed direction), CoLM with 16 fresh directions, CoLM with exact
-  per-example gradients; selection time as a fraction of the random-b training step;
+  CoLM (zeroth-order, 1 fixed direction) with two full forwards (reference) and with the
+  prefix/suffix split (fast path), CoLM with 16 fresh directions, CoLM with exact per-example
+  gradients; selection time as a fraction of the random-b training step;
 * peak memory increment of each arm's training loop after one warm-up step, each in a fresh
   subprocess (CPU: peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs``) over the
   pre-loop RSS, large blocks through mmap so freed memory leaves RSS; CUDA:
@@ -61,8 +62,19 @@ def _setup(d: int, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
 def _arm(name: str, model: Any, mix: Any, b: int) -> Any:
     from batchcraft.selection.colm.arms import make_arm
 
-    alias = {"random-B": "random-2b", "colm-multi16": "colm-multi"}.get(name, name)
-    return make_arm(alias, model, PARAM, b=b, big=2 * b, counts=mix.counts, h=2560, seed=0)
+    alias = {"random-B": "random-2b", "colm-multi16": "colm-multi", "colm-full-fwd": "colm"}
+    split = {} if name == "colm-full-fwd" else {"split_at": "blocks.1", "tail": ("ln_f", "head")}
+    return make_arm(
+        alias.get(name, name),
+        model,
+        PARAM,
+        b=b,
+        big=2 * b,
+        counts=mix.counts,
+        h=2560,
+        seed=0,
+        **split,  # type: ignore[arg-type]
+    )
 
 
 def gate() -> dict[str, float]:
@@ -119,7 +131,7 @@ def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     gen = torch.Generator().manual_seed(0)
     rows, base = [], math.nan
-    for name in ("random-b", "random-B", "colm", "colm-multi16", "colm-exact"):
+    for name in ("random-b", "random-B", "colm-full-fwd", "colm", "colm-multi16", "colm-exact"):
         arm = _arm(name, model, mix, sz["b"])
         trainer = ColmTrainer(model, opt, arm.selector)
         n_steps = 2 if name == "colm-multi16" else sz["steps"]  # 32 forwards per selection

@@ -59,6 +59,8 @@ def train_arm(name: str, seed: int, mix: Any, cfg: dict[str, Any]) -> dict[str, 
         h=cfg["h"],
         directions=cfg["m"],
         seed=seed,
+        split_at="blocks.1",
+        tail=("ln_f", "head"),
     )
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     warm = max(1, int(0.03 * cfg["steps"]))

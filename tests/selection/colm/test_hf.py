@@ -14,7 +14,13 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
 
     from batchcraft.data.mixture import make_mixture
     from batchcraft.selection.colm import CoLMSelector, ZOProbe
-    from batchcraft.selection.colm.hf import CoLMTrainer, find_param, lora_wrap, tiny_llama
+    from batchcraft.selection.colm.hf import (
+        CoLMTrainer,
+        find_module,
+        find_param,
+        lora_wrap,
+        tiny_llama,
+    )
 
     mix = make_mixture((40, 20, 6, 3), seed=0, eval_size=2)
     rows = [{k: v[i] for k, v in mix.train.items()} for i in range(len(mix.train["source"]))]
@@ -26,6 +32,17 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
     model = lora_wrap(tiny_llama(mix.tokenizer.vocab_size, hidden_size=16, heads=2), r=4)
     assert torch.equal(torch.get_rng_state(), rng)  # building the model kept the global RNG
     name = find_param(model, "layers.1.self_attn.v_proj.lora_B")
+    probe = ZOProbe(model, name, seed=0)
+    # prefix/suffix fast path on a PEFT model: only module names are needed
+    pool = mix.sample_pool(6, generator=torch.Generator().manual_seed(0))
+    fast = ZOProbe(
+        model,
+        name,
+        seed=0,
+        split_at=find_module(model, "layers.1"),
+        tail=(find_module(model, "model.norm"), find_module(model, "lm_head")),
+    )
+    torch.testing.assert_close(fast.features(pool), probe.features(pool), rtol=1e-4, atol=1e-6)
     probe = ZOProbe(model, name, seed=0)
     selector = CoLMSelector(probe, 8, source_counts=mix.counts, h=32)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

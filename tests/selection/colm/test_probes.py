@@ -188,3 +188,24 @@ def test_probe_errors(mix):
         LossProbe(model, P).features({"input_ids": torch.zeros(2, 3, dtype=torch.long)})
     with pytest.raises(ValueError, match=r"\[N, T, V\]"):
         per_example_lm_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("directions", [1, 3], ids=["m1", "m3"])
+def test_split_fast_path_equals_full_forwards(mix, directions):
+    model = _model(mix)
+    pool = _pool(mix, 9, 4)
+    ref = ZOProbe(model, P, seed=1, directions=directions, eps=1e-4)
+    fast = ZOProbe(
+        model,
+        P,
+        seed=1,
+        directions=directions,
+        eps=1e-4,
+        split_at="blocks.1",
+        tail=("ln_f", "head"),
+    )
+    torch.testing.assert_close(fast.features(pool), ref.features(pool), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="must own the probed parameter"):
+        ZOProbe(model, P, split_at="blocks.0", tail=("ln_f", "head"))
+    with pytest.raises(ValueError, match="tail must name"):
+        ZOProbe(model, P, split_at="blocks.1", tail=("norm",))

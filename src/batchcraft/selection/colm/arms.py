@@ -67,6 +67,8 @@ def make_arm(
     h: int | None = 256,
     directions: int = 16,
     seed: int = 0,
+    split_at: str | None = None,
+    tail: tuple[str, ...] = (),
 ) -> ArmSetup:
     """Build arm ``name`` for coreset size ``b`` and pool ``big`` (``B``).
 
@@ -80,6 +82,7 @@ def make_arm(
         h: top-h sparsification of the gradient-feature arms.
         directions: ``m`` of ``colm-multi``.
         seed: seeds the probe directions and random rankings.
+        split_at, tail: prefix/suffix fast path of the zeroth-order probes (see ZOProbe).
     """
     gen = torch.Generator().manual_seed(10_007 + seed)
     small = small_sources_from_counts(counts)
@@ -88,7 +91,11 @@ def make_arm(
         opts: dict[str, object] = {"source_counts": counts, "h": h, "generator": gen, **kw}
         return CoLMSelector(probe, b, **opts)  # type: ignore[arg-type]
 
-    zo = ZOProbe(model, param_name, seed=seed) if name.startswith("colm") else None
+    zo = (
+        ZOProbe(model, param_name, seed=seed, split_at=split_at, tail=tail)
+        if name.startswith("colm")
+        else None
+    )
     if name == "random-b":
         return ArmSetup(name, b, None, {})
     if name == "random-2b":
@@ -102,7 +109,15 @@ def make_arm(
     if name == "colm":
         return ArmSetup(name, big, colm(zo), {})
     if name == "colm-multi":
-        multi = ZOProbe(model, param_name, seed=seed, directions=directions, resample="step")
+        multi = ZOProbe(
+            model,
+            param_name,
+            seed=seed,
+            directions=directions,
+            resample="step",
+            split_at=split_at,
+            tail=tail,
+        )
         return ArmSetup(name, big, colm(multi), {})
     if name == "colm-exact":
         return ArmSetup(name, big, colm(ExactGradProbe(model, param_name)), {})

@@ -29,7 +29,7 @@ from batchcraft.selection.colm.select import CoLMSelector, subset_batch
 
 transformers = require("transformers", "the CoLM Hugging Face integration")
 
-__all__ = ["CoLMTrainer", "find_param", "lora_wrap", "tiny_llama"]
+__all__ = ["CoLMTrainer", "find_module", "find_param", "lora_wrap", "tiny_llama"]
 
 
 def tiny_llama(
@@ -90,6 +90,14 @@ def find_param(model: nn.Module, pattern: str) -> str:
         raise ValueError(
             f"pattern {pattern!r} must match exactly one parameter, matched {hits[:6]}"
         )
+    return hits[0]
+
+
+def find_module(model: nn.Module, suffix: str) -> str:
+    """The one module name ending with ``suffix`` (e.g. ``"layers.1"``, ``"model.norm"``)."""
+    hits = [n for n, _ in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+    if len(hits) != 1:
+        raise ValueError(f"suffix {suffix!r} must match exactly one module, matched {hits[:6]}")
     return hits[0]
 
 

@@ -107,6 +107,14 @@ class _Probe:
         self.examples_seen = int(state.get("examples_seen", 0))
 
 
+def _is_cache(name: str, value: Any) -> bool:
+    return "past_key_value" in name or name == "cache" or type(value).__name__.endswith("Cache")
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to end a forward once the prefix has run."""
+
+
 class ZOProbe(_Probe):
     """Zeroth-order features ``g_i = (1/m) sum_j c_ij vec(z_j)``.
 
@@ -121,6 +129,12 @@ class ZOProbe(_Probe):
         resample: ``"run"`` (faithful: one draw for the whole run) or ``"step"`` (fresh draw per
             :meth:`features` call, seeded from ``(seed, step)``).
         seed: seed of the private generator (``None``: drawn once from the OS).
+        split_at: fast path. Name of the *final* block (it must own the probed parameter): a
+            forward pre-hook captures its inputs (hidden states and extra args, e.g. rotary
+            embeddings) and ends the forward, so the prefix runs once; only the block and the
+            ``tail`` modules run twice (+-eps). ``None``: two full forwards (the reference).
+        tail: names of the modules applied, in order, to the block's output (or output[0]) to
+            get logits, e.g. ``("ln_f", "head")`` or ``("model.norm", "lm_head")``.
         loss_fn: ``(logits [N, T, V], labels [N, T]) -> [N]``.
     """
 
@@ -133,9 +147,22 @@ class ZOProbe(_Probe):
         directions: int = 1,
         resample: str = "run",
         seed: int | None = None,
+        split_at: str | None = None,
+        tail: tuple[str, ...] = (),
         loss_fn: LossFn = per_example_lm_loss,
     ) -> None:
         super().__init__(model, param_name, loss_fn)
+        mods = dict(model.named_modules())
+        if split_at is not None:
+            if split_at not in mods:
+                raise ValueError(f"split_at {split_at!r} is not a module name of the model")
+            if not param_name.startswith(split_at + "."):
+                raise ValueError(
+                    f"split_at {split_at!r} must own the probed parameter {param_name!r}"
+                )
+            if not tail or any(t not in mods for t in tail):
+                raise ValueError(f"tail must name the modules after {split_at!r}, got {tail}")
+        self.split_at, self.tail = split_at, tuple(tail)
         if eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if directions < 1:
@@ -153,15 +180,56 @@ class ZOProbe(_Probe):
         gen = torch.Generator().manual_seed(s)
         return torch.randn(self.directions, self.dim, generator=gen)
 
+    def _capture_prefix(self, batch: Mapping[str, Tensor]) -> tuple[Any, Any]:
+        """Run the model up to ``split_at``; return the block's ``(args, kwargs)``."""
+        block = dict(self.model.named_modules())[str(self.split_at)]
+        got: list[tuple[Any, Any]] = []
+
+        def hook(_m: nn.Module, args: Any, kwargs: Any) -> None:
+            # a KV cache would grow on every replay: replay without it (HF decoder layers)
+            kw = {
+                k: (False if k == "use_cache" else None if _is_cache(k, v) else v)
+                for k, v in kwargs.items()
+            }
+            got.append((args, kw))
+            raise _StopForward
+
+        handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.model(**model_inputs(batch))
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not got:
+            raise RuntimeError(f"split_at module {self.split_at!r} was not called by forward")
+        return got[0]
+
+    def _suffix_loss(self, captured: tuple[Any, Any], labels: Tensor, value: Tensor) -> Tensor:
+        """``[N]`` losses from the captured block inputs with the probed parameter = ``value``."""
+        mods = dict(self.model.named_modules())
+        block = mods[str(self.split_at)]
+        rel = self.param_name[len(str(self.split_at)) + 1 :]
+        out = functional_call(block, {rel: value}, args=captured[0], kwargs=captured[1])
+        x = out[0] if isinstance(out, tuple) else out
+        for name in self.tail:
+            x = mods[name](x)
+        return self.loss_fn(_logits(x), labels)
+
     def coefficients(self, batch: Mapping[str, Tensor], z: Tensor) -> Tensor:
         """``[N, m]`` two-sided finite-difference directional derivatives along ``z: [m, d]``."""
         p = self.param.detach()
         cols = []
         with _eval_mode(self.model), torch.no_grad():
+            captured = self._capture_prefix(batch) if self.split_at is not None else None
             for j in range(z.shape[0]):
                 dz = (self.eps * z[j]).to(device=p.device, dtype=p.dtype).view_as(p)
-                lp = self.per_example_loss(batch, {self.param_name: p + dz})
-                lm = self.per_example_loss(batch, {self.param_name: p - dz})
+                if captured is not None:
+                    lp = self._suffix_loss(captured, batch["labels"], p + dz)
+                    lm = self._suffix_loss(captured, batch["labels"], p - dz)
+                else:
+                    lp = self.per_example_loss(batch, {self.param_name: p + dz})
+                    lm = self.per_example_loss(batch, {self.param_name: p - dz})
                 cols.append((lp - lm) / (2 * self.eps))
         return torch.stack(cols, dim=1)
 
