@@ -7,7 +7,9 @@ Two backends behind :func:`_fused_adan`, chosen once per device (:func:`fused_ba
 * ``"compile"``: the same arithmetic as an elementwise function compiled by ``torch.compile``
   (inductor's C++ backend on CPU) with dynamic shapes, so one compiled graph serves every size.
   All flags are folded into scalars (exact: multiplying by 1 or dividing by 1), so there is one
-  graph per dtype combination.
+  graph per dtype combination. Tensors under ``SMALL_NUMEL`` elements take one batched foreach
+  call instead: a compiled call has a fixed cost (guards, an OpenMP region) that exceeds their
+  work.
 
 Both load fp16/bf16/fp32 storage, compute in fp32 registers and store back in each tensor's own
 dtype (fp32 state for bf16 parameters is supported).
@@ -23,9 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_DTYPES", "fused_backend"]
+__all__ = ["FUSED_DTYPES", "SMALL_NUMEL", "fused_backend"]
 
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SMALL_NUMEL = 2**16  # compile backend: smaller tensors take the batched foreach path
 
 
 def fused_backend(device: torch.device) -> str:
@@ -102,6 +105,24 @@ def _fused_adan(
             raise ValueError(
                 f"fused Adan supports float16/bfloat16/float32 params and state, got {p.dtype} "
                 f"params with {exp_avgs[i].dtype} state; use foreach=True for other dtypes"
+            )
+    if backend is None and params and fused_backend(params[0].device) == "compile":
+        # A compiled call costs tens of microseconds (guards, an OpenMP region) whatever the
+        # size, so small tensors go through one batched foreach call instead (same maths).
+        small = [i for i, p in enumerate(params) if p.numel() < SMALL_NUMEL]
+        if small:
+            from batchcraft.optim._adan_functional import _multi_tensor_adan
+
+            lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads, state_steps)
+            _multi_tensor_adan(
+                *([x[i] for i in small] for x in lists),
+                clip_coef=clip_coef, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+                weight_decay=weight_decay, no_prox=no_prox, maximize=maximize,
+                differentiable=False, group_step=group_step,
+            )  # fmt: skip
+            big = [i for i in range(len(params)) if params[i].numel() >= SMALL_NUMEL]
+            params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads, state_steps = (
+                [x[i] for i in big] for x in lists
             )
     for i, p in enumerate(params):
         step = state_steps[i]
