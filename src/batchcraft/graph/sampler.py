@@ -5,9 +5,9 @@ For seeds ``[B0]`` and fan-outs ``[f_1, ..., f_L]``, hop l draws for every front
 ``deg v <= f_l``; ``f_l`` draws with replacement when ``replace=True``). Newly reached nodes are
 appended to ``n_id`` in order of first appearance and form the next frontier. The result uses
 local ids: seeds are rows ``0..B0-1`` (PyG's convention), and ``edge_index`` (row = source,
-col = destination) indexes ``n_id``. There is no per-node Python loop: per-segment sampling
-without replacement is a random key per candidate edge, sorted within its segment, keeping the
-first ``f`` ranks.
+col = destination) indexes ``n_id``. There is no per-node Python loop: sampling without
+replacement uses Floyd's algorithm vectorised over the frontier (a loop of ``f`` steps), so a hub
+with a million in-neighbours costs as little as a leaf.
 """
 
 from __future__ import annotations
@@ -100,15 +100,28 @@ class NeighborSampler:
         if not bool(big.any()):
             return indices[pos_all], dst_all
         vb, sb, db = frontier[big], start[big], deg[big]
-        seg = torch.repeat_interleave(torch.arange(vb.numel()), db)  # candidate edge -> segment
-        pos = torch.repeat_interleave(sb, db) + _segment_arange(db)
-        keys = torch.rand(pos.numel(), generator=self.generator)
-        order = torch.argsort(keys)
-        order = order[torch.sort(seg[order], stable=True).indices]  # by segment, random within
-        rank = _segment_arange(db)  # rank of each sorted candidate inside its segment
-        pos_b = pos[order[rank < fanout]]
+        picks = self._floyd(db, fanout)  # [K, f] distinct offsets in [0, deg)
+        pos_b = (sb.view(-1, 1) + picks).reshape(-1)
         dst_b = vb.repeat_interleave(fanout)
         return torch.cat([indices[pos_all], indices[pos_b]]), torch.cat([dst_all, dst_b])
+
+    def _floyd(self, deg: Tensor, f: int) -> Tensor:
+        """``f`` distinct uniform offsets in ``[0, deg_k)`` per row (Floyd's algorithm).
+
+        Vectorised over rows; the Python loop runs ``f`` times (the fan-out), not per node. Step
+        ``s`` draws ``t`` uniform in ``[0, j]`` with ``j = deg - f + s`` and keeps ``t`` unless it
+        was already chosen, in which case it keeps ``j``: every f-subset is equally likely.
+        Cost O(K f^2), independent of the degrees (hubs cost the same as leaves).
+        """
+        k = deg.numel()
+        out = torch.empty(k, f, dtype=torch.long)
+        for step in range(f):
+            j = deg - f + step  # [K]
+            r = torch.rand(k, generator=self.generator, dtype=torch.float64)
+            t = (r * (j + 1).double()).long().clamp_max(j)
+            taken = (out[:, :step] == t.view(-1, 1)).any(dim=1)
+            out[:, step] = torch.where(taken, j, t)
+        return out
 
     def sample(self, seeds: Tensor) -> SampledSubgraph:
         """Sample the L-hop computation graph of ``seeds: [B0]`` (distinct global ids)."""
