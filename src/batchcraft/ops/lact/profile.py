@@ -3,12 +3,12 @@
 Throughput counts ``18*D*Dh`` FLOPs per token per head for the forward pass (§3; Muon added when
 on), ``3x`` that for forward+backward, and is reported as a fraction of this machine's batched
 matmul peak measured in the same run (:func:`batchcraft.utils.bench.matmul_peak_gflops` on square
-``[D, D]`` operands, the size of the op's weight-side matmuls).
+operands with the work of one of the op's matmuls at C = 2048, :func:`peak_size`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,16 @@ from torch import Tensor
 
 from batchcraft.ops.lact.state import FastWeights
 
-__all__ = ["LaCTCase", "lact_case_flops", "make_case", "op_peak_gflops", "time_lact", "time_sdpa"]
+__all__ = [
+    "LaCTCase",
+    "chunk_sweep",
+    "lact_case_flops",
+    "make_case",
+    "op_peak_gflops",
+    "peak_size",
+    "time_lact",
+    "time_sdpa",
+]
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,64 @@ def time_sdpa(
 
 
 def op_peak_gflops(D: int, *, device: str | torch.device = "cpu", repeat: int = 5) -> float:
-    """Batched fp32 matmul peak on ``[8, D, D]`` operands (the op's weight-side matmul size)."""
+    """Batched fp32 matmul peak (:func:`matmul_peak_gflops`, batch 8) on square operands with the
+    work of one of the op's matmuls at C = 2048 (:func:`peak_size`)."""
     from batchcraft.utils.bench import matmul_peak_gflops
 
-    return matmul_peak_gflops(batch=8, size=max(D, 128), device=device, repeat=repeat)
+    return matmul_peak_gflops(batch=8, size=peak_size(D), device=device, repeat=repeat)
+
+
+def peak_size(D: int, Dh: int | None = None, C: int = 2048) -> int:
+    """Square size with the work of one of the op's matmuls at chunk ``C``: ``round((C*D*Dh)^(1/3))``
+    (512 for C = 2048, D = Dh = 256)."""
+    return round((C * D * (Dh or D)) ** (1 / 3))
+
+
+def chunk_sweep(
+    *,
+    D: int,
+    T: int,
+    chunks: Sequence[int],
+    impls: Sequence[str] = ("chunk",),
+    backward: Sequence[bool] = (False,),
+    peak_gflops: float,
+    B: int = 1,
+    H: int = 1,
+    muon: str | None = None,
+    repeat: int = 2,
+    warmup: int = 1,
+    skip: Callable[[str, int, bool], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time the op over chunk sizes; one row per (C, impl, pass) with GFLOP/s and % of ``peak_gflops``.
+
+    Args:
+        skip: ``skip(impl, C, backward) -> True`` leaves a combination out (e.g. slow references).
+        log: progress callback.
+    """
+    rows: list[dict[str, Any]] = []
+    for C in chunks:
+        for impl in impls:
+            for bw in backward:
+                if skip is not None and skip(impl, C, bw):
+                    continue
+                case = LaCTCase(T=T, D=D, C=C, B=B, H=H, muon=muon)
+                r = time_lact(
+                    case, impl=impl, backward=bw, repeat=repeat if not bw else 1, warmup=warmup
+                )
+                row = {
+                    "D": D,
+                    "C": C,
+                    "impl": impl,
+                    "pass": "fwd+bwd" if bw else "fwd",
+                    "seconds": r["seconds"],
+                    "GFLOP/s": r["gflops"],
+                    "% peak": 100.0 * r["gflops"] / peak_gflops,
+                    "tokens/s": r["tokens_per_s"],
+                }
+                rows.append(row)
+                if log is not None:
+                    log(
+                        f"D={D} C={C} {impl} {row['pass']}: {r['seconds']:.3f} s, {r['gflops']:.1f} GFLOP/s"
+                    )
+    return rows
