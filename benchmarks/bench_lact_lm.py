@@ -22,6 +22,7 @@ from batchcraft.models.lact_config import (
     full_attention_baseline,
     lact_tiny,
     swa_baseline,
+    ttt_linear_baseline,
 )
 from batchcraft.models.lact_lm import LaCTForCausalLM, LMCache, count_parameters
 from batchcraft.registry import register_benchmark
@@ -150,6 +151,7 @@ def train(quick: bool = False) -> dict[str, Any]:
         "lact_momentum": base,
         "swa": swa_baseline(base),
         "full_attention": full_attention_baseline(base),
+        "ttt_linear_mb16": ttt_linear_baseline(base),
     }
     # correctness gate: the fast op path equals the reference on a LaCT forward/backward
     torch.manual_seed(0)

@@ -202,3 +202,23 @@ def test_config_round_trip():
     assert LaCTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         LaCTConfig.from_dict({"hidden": 3})
+
+
+def test_ttt_linear_baseline_trains_and_refuses_cache():
+    from batchcraft.models.lact_config import ttt_linear_baseline
+
+    cfg = ttt_linear_baseline(_cfg())
+    assert abs(count_parameters(cfg) - count_parameters(_cfg())) / count_parameters(_cfg()) < 0.005
+    model = LaCTForCausalLM(cfg)
+    ids = _ids(t=20)
+    out = model(ids, labels=ids)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.blocks[0].mix.w0.grad is not None
+    with pytest.raises(ValueError, match="ttt_linear"):
+        model(ids, use_cache=True)
+    x2 = ids.clone()
+    x2[:, 10] = (x2[:, 10] + 1) % 64
+    with torch.no_grad():
+        a, b = model(ids).logits, model(x2).logits
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=1e-6)  # causal

@@ -17,7 +17,7 @@ import torch
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric
 from batchcraft.registry import register_experiment
 
-MODELS = ("lact_muon", "lact_momentum", "swa", "full_attention")
+MODELS = ("lact_muon", "lact_momentum", "swa", "full_attention", "ttt_linear_mb16")
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -29,7 +29,12 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def _configs(st: dict[str, Any]) -> dict[str, Any]:
-    from batchcraft.models.lact_config import full_attention_baseline, get_preset, swa_baseline
+    from batchcraft.models.lact_config import (
+        full_attention_baseline,
+        get_preset,
+        swa_baseline,
+        ttt_linear_baseline,
+    )
 
     w = st["window"]
     base = get_preset(st["preset"], chunk_size=w, window_size=w)
@@ -38,6 +43,7 @@ def _configs(st: dict[str, Any]) -> dict[str, Any]:
         "lact_momentum": base,
         "swa": swa_baseline(base),
         "full_attention": full_attention_baseline(base),
+        "ttt_linear_mb16": ttt_linear_baseline(base),  # small-chunk TTT (mini-batch 16) + SWA
     }
 
 
@@ -170,6 +176,8 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
             if gap < 0
             else ""
         )
+        + f"Small-chunk TTT-Linear (mini-batch 16) + SWA: {mean['ttt_linear_mb16']:.4f} beyond "
+        "the window. "
         + f"Laptop scale: {st['steps']} steps of {st['batch']}x{t} bytes per model; the paper "
         "trains 760M-3B models on billions of tokens."
     )

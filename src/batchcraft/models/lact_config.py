@@ -23,6 +23,7 @@ __all__ = [
     "lact_small",
     "lact_tiny",
     "swa_baseline",
+    "ttt_linear_baseline",
 ]
 
 
@@ -39,6 +40,8 @@ class LaCTConfig:
     chunk_size: int = 16  # C: tokens per fast-weight update
     window_size: int | None = 16  # W: attention window (None = full attention, 0 = no attention)
     use_ttt: bool = True  # False: attention-only baseline
+    mixer: str = "lact"  # "lact", or "ttt_linear" (small-chunk TTT baseline, no decode cache)
+    ttt_mini_batch: int = 16  # mini-batch of the ttt_linear mixer
     base_lr: float = 1e-3  # inner lr at init (softplus around it)
     use_momentum: bool = True
     use_muon: bool = False
@@ -94,6 +97,7 @@ class LaCTConfig:
             ("weight_norm", self.weight_norm, ("post", "pre", None)),
             ("init", self.init, ("low_rank", "full", "nvs")),
             ("fast_weight", self.fast_weight, ("swiglu", "linear")),
+            ("mixer", self.mixer, ("lact", "ttt_linear")),
         ):
             if val not in ok:
                 raise ValueError(f"{name} must be one of {ok}, got {val!r}")
@@ -185,6 +189,12 @@ def swa_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
 def full_attention_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
     """Full-attention Transformer with ``cfg``'s blocks, MLP widened to match params."""
     base = replace(cfg, use_ttt=False, window_size=None)
+    return _match(base, cfg) if match_params else base
+
+
+def ttt_linear_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Small-chunk TTT-Linear (mini-batch 16) + the same SWA, MLP adjusted to match params."""
+    base = replace(cfg, mixer="ttt_linear", use_ttt=True)
     return _match(base, cfg) if match_params else base
 
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.nn.lact import LaCTLayer, LaCTLayerCache
+from batchcraft.nn.ttt_linear import TTTLinearLayer
 
 __all__ = ["IGNORE_INDEX", "LMCache", "LMOutput", "LaCTForCausalLM", "count_parameters"]
 
@@ -75,32 +76,45 @@ class LaCTBlock(nn.Module):
         super().__init__()
         d = cfg.hidden_size
         self.mix_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
-        self.mix = LaCTLayer(
-            d,
-            cfg.num_heads,
-            chunk_size=cfg.chunk_size,
-            window_size=cfg.window_size,
-            num_attn_heads=cfg.num_attn_heads,
-            inter_multi=cfg.inter_multi,
-            base_lr=cfg.base_lr,
-            use_momentum=cfg.use_momentum,
-            use_muon=cfg.use_muon,
-            muon=cfg.muon,
-            weight_norm=cfg.weight_norm,
-            qk_norm=cfg.qk_norm,
-            v_silu=cfg.v_silu,
-            use_rope=cfg.use_rope,
-            rope_theta=cfg.rope_theta,
-            init=cfg.init,
-            low_rank=cfg.low_rank,
-            fw_init_gain=cfg.fw_init_gain,
-            output_gate=cfg.output_gate,
-            fast_weight=cfg.fast_weight,
-            use_ttt=cfg.use_ttt,
-            layer_idx=layer_idx,
-            lact_impl=cfg.lact_impl,
-            attn_impl=cfg.attn_impl,
-        )
+        self.mix: LaCTLayer | TTTLinearLayer
+        if cfg.mixer == "ttt_linear":
+            self.mix = TTTLinearLayer(
+                d,
+                cfg.num_heads,
+                mini_batch=cfg.ttt_mini_batch,
+                window_size=cfg.window_size,
+                num_attn_heads=cfg.num_attn_heads,
+                use_rope=cfg.use_rope,
+                rope_theta=cfg.rope_theta,
+                attn_impl=cfg.attn_impl,
+            )
+        else:
+            self.mix = LaCTLayer(
+                d,
+                cfg.num_heads,
+                chunk_size=cfg.chunk_size,
+                window_size=cfg.window_size,
+                num_attn_heads=cfg.num_attn_heads,
+                inter_multi=cfg.inter_multi,
+                base_lr=cfg.base_lr,
+                use_momentum=cfg.use_momentum,
+                use_muon=cfg.use_muon,
+                muon=cfg.muon,
+                weight_norm=cfg.weight_norm,
+                qk_norm=cfg.qk_norm,
+                v_silu=cfg.v_silu,
+                use_rope=cfg.use_rope,
+                rope_theta=cfg.rope_theta,
+                init=cfg.init,
+                low_rank=cfg.low_rank,
+                fw_init_gain=cfg.fw_init_gain,
+                output_gate=cfg.output_gate,
+                fast_weight=cfg.fast_weight,
+                use_ttt=cfg.use_ttt,
+                layer_idx=layer_idx,
+                lact_impl=cfg.lact_impl,
+                attn_impl=cfg.attn_impl,
+            )
         self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.mlp = SwiGLUMLP(d, cfg.intermediate_size)
 
@@ -113,6 +127,19 @@ class LaCTBlock(nn.Module):
         cu_seqlens: Tensor | None,
         use_cache: bool,
     ) -> tuple[Tensor, LaCTLayerCache | None]:
+        if isinstance(self.mix, TTTLinearLayer):
+            if (
+                cache is not None
+                or use_cache
+                or attention_mask is not None
+                or cu_seqlens is not None
+            ):
+                raise ValueError(
+                    "the ttt_linear mixer (a training baseline) supports neither caches nor "
+                    "attention_mask / cu_seqlens; use mixer='lact' for decoding and packing"
+                )
+            x = x + self.mix(self.mix_norm(x))
+            return x + self.mlp(self.mlp_norm(x)), None
         h, new_cache = self.mix(
             self.mix_norm(x),
             cache=cache,
@@ -157,7 +184,7 @@ class LaCTForCausalLM(nn.Module):
                 nn.init.ones_(m.weight)
         for b in self.blocks:
             assert isinstance(b, LaCTBlock)
-            b.mix.reset_parameters()
+            b.mix.reset_parameters()  # LaCT / TTT-Linear own init
 
     def forward(
         self,
