@@ -11,6 +11,7 @@ as a fraction of this machine's batched-matmul peak measured in the same run. Th
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric
@@ -87,7 +88,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     )
     verdict = _verdict(ratio)
     upto = [util(256, c) for c in CHUNKS if c <= 2048]
-    rising = all(b >= 0.9 * a for a, b in zip(upto, upto[1:], strict=False))
+    rising = all(b >= 0.9 * a for a, b in itertools.pairwise(upto))
     summary = (
         f"On this CPU the fast path reaches {util(256, 2048):.0f}% of the measured matmul peak at "
         f"C=2048 versus {util(256, 16):.1f}% at C=16, a {ratio:.1f}x gain "
