@@ -177,7 +177,9 @@ def test_real_counts_match_spec_table(data_dir, name):
     path = Path(data_dir) / f"{name}.zip"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    d, c = load_hgb(path), SPEC_COUNTS[name]
+    with pytest.warns(UserWarning, match="agrees"):  # the archives' two test files disagree
+        d, c = load_hgb(path), SPEC_COUNTS[name]
+    assert d.label_agreement is not None and d.label_agreement < 0.5
     g = d.graph
     assert g.num_nodes_dict == c["nodes"]
     assert {t: None if x is None else x.shape[1] for t, x in g.x_dict.items()} == c["dims"]
@@ -190,3 +192,15 @@ def test_real_counts_match_spec_table(data_dir, name):
     )  # fmt: skip
     assert set(d.public_test_idx.tolist()) <= set(d.test_idx.tolist())
     assert int((d.y[d.test_idx] >= 0).sum()) == c["test"]
+
+
+def test_disagreeing_test_files_warn_and_the_chosen_file_wins(tmp_path):
+    folder = write_folder(tmp_path, multilabel=False)
+    (folder / "label.dat.test_full").write_text("2\tA long title\t0\t1\n")  # public says 0
+    with pytest.warns(UserWarning, match="agrees"):
+        full = load_hgb(folder)
+    assert full.label_agreement == 0.0 and int(full.y[2]) == 1
+    with pytest.warns(UserWarning):
+        public = load_hgb(folder, test_labels="public")
+    assert int(public.y[2]) == 0 and public.test_file == "label.dat.test"
+    assert load_hgb(write_folder(tmp_path / "ok", multilabel=False)).label_agreement == 1.0

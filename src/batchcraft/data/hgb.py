@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,11 @@ class HGBData:
         type_names: ``{type id: name}``; link_names: ``{link type id: (src, rel, dst)}``.
         test_file: ``"label.dat.test_full"`` or ``"label.dat.test"``.
         name: dataset name (folder name).
+        label_agreement: fraction of ``label.dat.test`` rows whose label in
+            ``label.dat.test_full`` is the same (``None`` when either file is absent). Values well
+            below 1 mean the two files disagree (the shared ACM/DBLP archives agree only at chance
+            level, and only ``label.dat.test`` is consistent with ``label.dat``); a warning is
+            issued then.
     """
 
     graph: HeteroGraph
@@ -61,6 +67,7 @@ class HGBData:
     link_names: dict[int, EdgeType] = field(default_factory=dict)
     test_file: str = "label.dat.test_full"
     name: str = ""
+    label_agreement: float | None = None
 
 
 class _Source:
@@ -218,11 +225,25 @@ def load_hgb(path_or_zip: str | Path, *, test_labels: str = "full") -> HGBData:
         max((max(lab) for _, _, lab in all_rows if lab), default=-1) + 1, len(label_names)
     )
     y = torch.zeros(n_t, num_classes) if multilabel else torch.full((n_t,), -1, dtype=torch.long)
-    for gid, _, lab in all_rows:
+    other = public if test_labels == "full" else full
+    for gid, _, lab in train + other + test:  # the chosen test file is written last and wins
         if multilabel:
+            y[gid - off] = 0.0
             y[gid - off, lab] = 1.0
         else:
             y[gid - off] = lab[0]
+
+    agreement = None
+    if public and full:
+        full_map = {g: sorted(lab) for g, _, lab in full}
+        agreement = sum(full_map.get(g) == sorted(lab) for g, _, lab in public) / len(public)
+        if agreement < 0.99:
+            warnings.warn(
+                f"{src.name}: label.dat.test_full agrees with label.dat.test on only "
+                f"{100 * agreement:.1f}% of the public test nodes; the evaluation file matters "
+                "(test_labels='public' uses label.dat.test)",
+                stacklevel=2,
+            )
 
     def idx(rows: list[tuple[int, int, list[int]]]) -> Tensor:
         return torch.tensor([g - off for g, _, _ in rows], dtype=torch.long)
@@ -232,6 +253,7 @@ def load_hgb(path_or_zip: str | Path, *, test_labels: str = "full") -> HGBData:
         train_idx=idx(train), test_idx=idx(test), public_test_idx=idx(public),
         type_names=type_names, link_names=link_names, name=src.name,
         test_file="label.dat.test_full" if test_labels == "full" else "label.dat.test",
+        label_agreement=agreement,
     )  # fmt: skip
 
 
