@@ -1,0 +1,168 @@
+"""Benchmarks ``norm`` (LayerNorm/RMSNorm GB/s vs copy bandwidth) and ``lnlstm`` (LN-LSTM/GRU vs nn.LSTM/GRU).
+
+Run: ``batchcraft bench norm`` / ``batchcraft bench lnlstm`` (add ``--quick``), or
+``python benchmarks/bench_norm.py [--quick]``. Every provider is first checked against the
+reference on the benchmark's own inputs; then providers are timed side by side in one run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from batchcraft.ops.norm import layer_norm, naive_layer_norm, naive_rms_norm, rms_norm
+from batchcraft.registry import register_benchmark
+from batchcraft.utils.bench import copy_bandwidth_gbs, print_table, timeit, write_result
+
+
+def _providers(kind: str, device: str, with_compile: bool) -> dict[str, Any]:
+    if kind == "layernorm":
+        p: dict[str, Any] = {
+            "naive": lambda x, w, b: naive_layer_norm(x, x.shape[-1], w, b),
+            "torch": lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b),
+            "ours": lambda x, w, b: layer_norm(x, x.shape[-1], w, b),
+        }
+    else:
+        p = {
+            "naive": lambda x, w, b: naive_rms_norm(x, x.shape[-1], w, 1e-6),
+            "torch": lambda x, w, b: F.rms_norm(x, (x.shape[-1],), w, 1e-6),
+            "ours": lambda x, w, b: rms_norm(x, x.shape[-1], w, 1e-6),
+        }
+    if with_compile:
+        p["compile"] = torch.compile(p["naive"], dynamic=False)
+    if device == "cuda":
+        p["ours_triton"] = (
+            (lambda x, w, b: layer_norm(x, x.shape[-1], w, b, impl="triton"))
+            if kind == "layernorm"
+            else (lambda x, w, b: rms_norm(x, x.shape[-1], w, 1e-6, impl="triton"))
+        )
+    return p
+
+
+@register_benchmark(
+    "norm", description="LayerNorm/RMSNorm fwd/bwd GB/s vs copy bandwidth; torch, compile, Triton"
+)
+def bench_norm(quick: bool = False) -> dict[str, Any]:
+    """GB/s with the unavoidable bytes (fwd 2*M*F*s, bwd 3*M*F*s) and % of measured copy bandwidth."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows_m = 4096 if device == "cuda" else (512 if quick else 2048)
+    feats = [512, 1024, 4096] if quick else [256, 512, 1024, 2048, 4096]
+    if device == "cuda":
+        feats = [512, 1024, 2048, 4096, 8192]
+    dtypes = [torch.float32, torch.bfloat16]
+    copy_bw = copy_bandwidth_gbs(device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    for kind in ("layernorm", "rmsnorm"):
+        for dtype in dtypes:
+            for feat in feats:
+                with_compile = not quick and dtype == torch.float32 and feat in (1024, 4096)
+                provs = _providers(kind, device, with_compile)
+                x = (
+                    torch.randn(rows_m, feat, generator=g, device=device)
+                    .to(dtype)
+                    .requires_grad_(True)
+                )
+                w = torch.randn(feat, generator=g, device=device).to(dtype).requires_grad_(True)
+                b = torch.randn(feat, generator=g, device=device).to(dtype).requires_grad_(True)
+                dy = torch.randn(rows_m, feat, generator=g, device=device).to(dtype)
+                ref = provs["naive"](x, w, b).float()
+                for name, fn in provs.items():  # correctness gate
+                    err = (fn(x, w, b).float() - ref).abs().max().item()
+                    tol = 1e-4 if dtype == torch.float32 else 5e-2
+                    if err > tol:
+                        raise RuntimeError(
+                            f"{name} {kind} F={feat} {dtype}: max error {err} > {tol}"
+                        )
+                elem = x.element_size()
+                row: dict[str, Any] = {
+                    "op": kind,
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "M": rows_m,
+                    "F": feat,
+                }
+                for name, fn in provs.items():
+                    tf = timeit(
+                        lambda fn=fn, x=x, w=w, b=b: fn(x, w, b), warmup=2, repeat=5, device=device
+                    )
+                    y = fn(x, w, b)
+                    tb = timeit(
+                        lambda y=y, i=(x, w, b), dy=dy: torch.autograd.grad(
+                            y, i, dy, retain_graph=True, allow_unused=True
+                        ),
+                        warmup=1, repeat=5, device=device,
+                    )  # fmt: skip
+                    gbs_f = 2 * rows_m * feat * elem / tf.median / 1e9
+                    gbs_b = 3 * rows_m * feat * elem / tb.median / 1e9
+                    row[f"{name} fwd GB/s"] = gbs_f
+                    row[f"{name} bwd GB/s"] = gbs_b
+                    if name in ("ours", "ours_triton"):
+                        row[f"{name} fwd % copy"] = 100 * gbs_f / copy_bw
+                row["ours/torch fwd"] = row["ours fwd GB/s"] / row["torch fwd GB/s"]
+                row["ours/torch bwd"] = row["ours bwd GB/s"] / row["torch bwd GB/s"]
+                rows.append(row)
+    print(f"copy bandwidth (measured, same run): {copy_bw:.1f} GB/s on {device}")
+    print_table(rows, title="norm: GB/s (fwd 2*M*F*s, bwd 3*M*F*s bytes)")
+    result = {"rows": rows, "copy_bandwidth_gbs": copy_bw, "device": device}
+    write_result("norm", result)
+    return result
+
+
+def _lstm_pair(
+    mode: str, inp: int, hid: int, device: str
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+    from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
+
+    cls, tcls = (LayerNormLSTM, torch.nn.LSTM) if mode == "lstm" else (LayerNormGRU, torch.nn.GRU)
+    ref = tcls(inp, hid).to(device)
+    ours = cls(inp, hid, impl="hoisted").to(device)
+    naive = cls(inp, hid, impl="naive").to(device)
+    naive.load_state_dict(ours.state_dict())
+    return ref, ours, naive
+
+
+@register_benchmark(
+    "lnlstm", description="LN-LSTM/LN-GRU fwd and fwd+bwd vs nn.LSTM/GRU (no LN) vs naive loop"
+)
+def bench_lnlstm(quick: bool = False) -> dict[str, Any]:
+    """T=100, B in {16, 64}, H in {256, 512}: time per sequence batch and ratios to torch."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t_len = 50 if quick else 100
+    configs = [(16, 256)] if quick else [(16, 256), (64, 256), (64, 512)]
+    modes = ["lstm"] if quick else ["lstm", "gru"]
+    rows: list[dict[str, Any]] = []
+    for mode in modes:
+        for bsz, hid in configs:
+            inp = hid
+            ref, ours, naive = _lstm_pair(mode, inp, hid, device)
+            g = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(t_len, bsz, inp, generator=g, device=device)
+            # correctness gate: hoisted == naive (forward and one gradient) on these inputs
+            a, b_ = ours(x)[0], naive(x)[0]
+            if (a - b_).abs().max().item() > 1e-4:
+                raise RuntimeError(f"{mode}: hoisted != naive on the benchmark input")
+            row: dict[str, Any] = {"rnn": mode, "T": t_len, "B": bsz, "H": hid}
+            for name, m in (("torch (no LN)", ref), ("ours LN", ours), ("naive LN", naive)):
+                rep = 1 if name == "naive LN" else 3
+                tf = timeit(lambda m=m, x=x: m(x), warmup=1, repeat=rep, device=device)
+                tfb = timeit(
+                    lambda m=m, x=x: m(x)[0].sum().backward(), warmup=1, repeat=rep, device=device
+                )
+                row[f"{name} fwd ms"] = 1e3 * tf.median
+                row[f"{name} fwd+bwd ms"] = 1e3 * tfb.median
+            row["ours/torch fwd+bwd"] = row["ours LN fwd+bwd ms"] / row["torch (no LN) fwd+bwd ms"]
+            row["naive/ours fwd+bwd"] = row["naive LN fwd+bwd ms"] / row["ours LN fwd+bwd ms"]
+            rows.append(row)
+    print_table(rows, title=f"lnlstm on {device} ({torch.get_num_threads()} threads)")
+    result = {"rows": rows, "device": device, "threads": torch.get_num_threads()}
+    write_result("lnlstm", result)
+    return result
+
+
+if __name__ == "__main__":
+    q = "--quick" in sys.argv
+    bench_norm(quick=q)
+    bench_lnlstm(quick=q)
