@@ -241,7 +241,9 @@ def load_planetoid(path: str | Path, name: str | None = None) -> GraphData:
     raw = _open_planetoid(p, name)
 
     def unpickle(k: str) -> Any:
-        return pickle.loads(raw[k], encoding="latin1")
+        with warnings.catch_warnings():  # old pickles name scipy.sparse.csr (deprecated alias)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return pickle.loads(raw[k], encoding="latin1")  # trusted research data only
 
     x, y, tx, ty, allx, ally = (unpickle(k) for k in ("x", "y", "tx", "ty", "allx", "ally"))
     graph = unpickle("graph")
