@@ -8,12 +8,9 @@ location on zeroth-order / exact gradient features) and Adam normalisation.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any
-
-import torch
 
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric, Verdict
 from batchcraft.registry import register_experiment
@@ -30,7 +27,6 @@ QUICK_ARMS = (
     "colm-no-keep",
     "colm-no-adam",
 )
-PARAM = "blocks.1.attn.v.weight"  # the last block's V projection (the paper probes its LoRA-B)
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -41,54 +37,19 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 def train_arm(name: str, seed: int, mix: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Train one arm from a seed-fixed init; return per-source eval and timings."""
-    from batchcraft.selection.colm import ColmTrainer, small_sources_from_counts
-    from batchcraft.selection.colm.arms import evaluate_sources, make_arm
-    from batchcraft.selection.colm.tiny_lm import TinyLM, TinyLMConfig
+    from batchcraft.selection.colm.arms import train_arm as run
 
-    mcfg = TinyLMConfig(
-        vocab_size=mix.tokenizer.vocab_size, d_model=cfg["d"], n_heads=4, max_len=32
-    )
-    model = TinyLM(mcfg, generator=torch.Generator().manual_seed(seed))
-    arm = make_arm(
+    return run(
         name,
-        model,
-        PARAM,
+        mix,
+        steps=cfg["steps"],
         b=cfg["b"],
         big=cfg["big"],
-        counts=mix.counts,
+        d_model=cfg["d"],
         h=cfg["h"],
         directions=cfg["m"],
         seed=seed,
-        split_at="blocks.1",
-        tail=("ln_f", "head"),
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    warm = max(1, int(0.03 * cfg["steps"]))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: (
-            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / cfg["steps"])))
-        ),
-    )
-    trainer = ColmTrainer(
-        model, opt, arm.selector, source_weights=arm.source_weights, scheduler=sched
-    )
-    gen = torch.Generator().manual_seed(1_000 + seed)
-    small = small_sources_from_counts(mix.counts)
-    sel_t, train_t, small_frac = [], [], []
-    for _ in range(cfg["steps"]):
-        pool = mix.sample_pool(arm.pool, generator=gen)
-        st = trainer.step(pool)
-        sel_t.append(st.select_s)
-        train_t.append(st.train_s)
-        assert st.sources is not None
-        small_frac.append(sum(int(q) in small for q in st.sources.tolist()) / st.size)
-    return {
-        "eval": evaluate_sources(model, mix.eval),
-        "select_s": statistics.median(sel_t),
-        "train_s": statistics.median(train_t),
-        "small_frac": statistics.fmean(small_frac),
-    }
 
 
 def _macro(ev: dict[int, tuple[float, float]], qs: list[int], k: int) -> float:
@@ -222,7 +183,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         f"synthetic mixture sizes {mix.counts.tolist()} (small sources {small}); tiny causal LM "
         f"d_model={cfg['d']}, 2 blocks, all parameters trained (random init: no pretrained "
         f"model offline); AdamW lr 3e-3, warm-up 3 %, cosine, clip 1.0; {cfg['steps']} steps; "
-        f"b={cfg['b']}, B={cfg['big']}; probed matrix {PARAM} (h={cfg['h']}); colm-multi m="
+        f"b={cfg['b']}, B={cfg['big']}; probed matrix blocks.1.attn.v.weight (h={cfg['h']}); colm-multi m="
         f"{cfg['m']} fresh per step; eval {cfg['eval']} per source; seeds {ctx.seeds}; "
         f"wall {wall:.0f} s"
     )
