@@ -1,0 +1,30 @@
+"""The rphgnn reproduction is registered and decides its verdict from the measurements."""
+
+from __future__ import annotations
+
+from batchcraft.experiments.rphgnn import _verdict
+from batchcraft.registry import experiments
+
+
+def _recs(micro: float, total: float = 1.0) -> list[dict[str, float]]:
+    return [{"test_micro": micro, "test_macro": micro, "total_s": total}]
+
+
+def test_registered_with_order_and_budget():
+    spec = experiments()["rphgnn"]
+    assert spec.order == 80 and spec.quick_minutes <= 3
+
+
+def test_verdict_follows_targets():
+    good = {
+        "ACM": {"rphgnn": _recs(0.93), "relation_wise": _recs(0.92, 2.0), "mlp": _recs(0.8)},
+        "DBLP": {"rphgnn": _recs(0.945), "relation_wise": _recs(0.94), "mlp": _recs(0.8)},
+    }
+    assert _verdict(good)[0] == "reproduced"
+    good["DBLP"]["rphgnn"] = _recs(0.92)  # within 3 points of the target
+    assert _verdict(good)[0] == "partly"
+    bad = {"ACM": {"rphgnn": _recs(0.6), "relation_wise": _recs(0.6), "mlp": _recs(0.6)}}
+    assert _verdict(bad)[0] == "not reproduced"
+    sbm = {"hetero-sbm": {"rphgnn": _recs(0.95), "relation_wise": _recs(0.8), "mlp": _recs(0.25)}}
+    verdict, summary = _verdict(sbm)
+    assert verdict == "reproduced" and "synthetic" in summary
