@@ -6,7 +6,9 @@ and local edges moved to the device. With ``prefetch = k > 0`` a background thre
 to ``k`` batches ahead while the caller trains on the current one (PyTorch ops release the GIL,
 so sampling/gathering overlaps compute). Batches come out in the same order and with the same
 contents as with ``prefetch=0``: only the worker thread touches the sampler's generator.
-Every batch records how long its sample, gather and transfer stages took.
+On CUDA the worker issues its gathers and copies on its own side stream (so they overlap the
+trainer's kernels) and the consumer marks the tensors with ``record_stream``. Every batch records
+how long its sample, gather and transfer stages took.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ class NeighborLoader:
         x = x.to(self.device, non_blocking=True)
         y = self.labels[seeds].to(self.device, non_blocking=True)
         edge_index = sub.edge_index.to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # the data is ready when the batch is handed over
             torch.cuda.current_stream(self.device).synchronize()
         t3 = time.perf_counter()
         return MiniBatch(
@@ -172,14 +174,21 @@ class NeighborLoader:
         q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        cuda = self.device.type == "cuda"
+
         def work() -> None:
+            # On CUDA the worker enqueues its gathers/copies on its own side stream, so they
+            # overlap the trainer's kernels on the current stream (make_batch synchronises it).
+            side = torch.cuda.Stream(self.device) if cuda else None
+            ctx = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
             try:
-                for seeds in batches:
-                    if stop.is_set():
-                        return
-                    q.put(self.make_batch(seeds))
+                with ctx:
+                    for seeds in batches:
+                        if stop.is_set():
+                            return
+                        q.put(self.make_batch(seeds))
                 q.put(_DONE)
-            except BaseException as e:
+            except BaseException as e:  # re-raised in the consumer
                 q.put(e)
 
         thread = threading.Thread(target=work, name="batchcraft-loader", daemon=True)
@@ -192,6 +201,10 @@ class NeighborLoader:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, MiniBatch)
+                if cuda:  # allocated on the side stream, used on this one: tell the allocator
+                    cur = torch.cuda.current_stream(self.device)
+                    for t in (item.x, item.y, item.edge_index):
+                        t.record_stream(cur)
                 yield item
         finally:
             stop.set()

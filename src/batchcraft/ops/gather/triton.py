@@ -61,6 +61,28 @@ def _aligned_gather_kernel(
             tl.store(out_ptr + dst * num_features + cols, v, mask=m)
 
 
+_HOST_OK: bool | None = None
+
+
+def _accepts_host_tensors() -> bool:
+    """Whether this Triton build launches kernels on a pinned CPU tensor (probed once on CUDA)."""
+    global _HOST_OK
+    if _HOST_OK is None:
+        probe = torch.arange(64, dtype=torch.float32).view(2, 32).pin_memory()
+        idx = torch.tensor([1, 0], device="cuda")
+        out = torch.empty(2, 32, device="cuda")
+        try:
+            _aligned_gather_kernel[(1,)](
+                probe, idx, idx, out, 2, 32, 0, 1,
+                ESZ=4, TILE=32, HAS_PERM=False, BASE_ALIGNED=False,
+            )  # fmt: skip
+            torch.cuda.synchronize()
+            _HOST_OK = bool(torch.equal(out.cpu(), probe[[1, 0]]))
+        except (ValueError, RuntimeError):
+            _HOST_OK = False
+    return _HOST_OK
+
+
 def as_cuda_view(x: Tensor) -> Tensor:
     """A CUDA tensor aliasing pinned host tensor ``x`` through its UVA pointer (keeps ``x`` alive).
 
@@ -188,8 +210,13 @@ def uva_gather(
         raise ValueError(f"max_programs must be >= 1, got {max_programs}")
     grid = (min(b, max_programs),)
     ptr = x.data_ptr()
+    table = x
+    if not interpret and x.device.type == "cpu":
+        # Triton normally accepts a pinned host tensor (its UVA pointer is valid on the device);
+        # if this Triton build refuses host tensors, hand it the CUDA alias instead.
+        table = x if _accepts_host_tensors() else as_cuda_view(x)
     _aligned_gather_kernel[grid](
-        x,
+        table,
         idx,
         perm,
         out,
