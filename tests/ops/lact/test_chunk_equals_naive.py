@@ -151,11 +151,14 @@ def test_detach_cuts_cross_call_gradient() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw",
-    [{}, {"muon": "tuned", "weight_norm": "pre"}, {"weight_norm": None, "muon": "classic"}],
-    ids=["default", "muon-pre", "classic-nonorm"],
+    ("kw", "use_beta"),
+    [
+        ({}, False),
+        ({"muon": "tuned", "weight_norm": "pre"}, True),
+        ({"weight_norm": None, "muon": "classic"}, True),
+    ],
+    ids=["default", "mom-muon-pre", "mom-classic-nonorm"],
 )
-@pytest.mark.parametrize("use_beta", [False, True], ids=["nomom", "mom"])
 def test_inference_path_matches(kw: dict[str, object], use_beta: bool) -> None:
     """Under no_grad the fast path runs a workspace-reusing variant: same outputs and state."""
     inp = make_inputs(2, 37, 3, 6, 10)

@@ -17,6 +17,7 @@ autograd differentiates through the loop, and ``recompute=True`` checkpoints eac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,6 +53,26 @@ class _Folded(Layout):
 
     def w_out(self, w: Tensor, B: int, H: int) -> Tensor:
         return w.unflatten(0, (B, H))
+
+
+class _SiluGradMul(torch.autograd.Function):
+    """``y = x * silu'(z)`` in one fused kernel forward (aten's ``silu_backward``), with its own
+    backward (aten has no double backward for it)::
+
+        dy/dx = silu'(z) ;  dy/dz = x * silu''(z),  silu''(z) = s (1 - s) (2 + z (1 - 2 s)),  s = sigma(z)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, z: Tensor) -> Tensor:
+        ctx.save_for_backward(x, z)
+        return torch.ops.aten.silu_backward(x, z)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x, z = ctx.saved_tensors
+        s = torch.sigmoid(z)
+        second = s * (1 - s) * (2 + z * (1 - 2 * s))
+        return torch.ops.aten.silu_backward(grad, z), grad * x * second
 
 
 class _ChunkBackend(Backend):
@@ -111,8 +132,7 @@ class _ChunkBackend(Backend):
         for step in range(self.cfg.inner_steps):
             if step > 0:
                 zkg, zku = k @ wg.mT, k @ wu.mT
-            sg = torch.sigmoid(zkg)
-            a = zkg * sg  # silu(zk_g)
+            a = torch.nn.functional.silu(zkg)  # [N, C, Dh]
             hk = a * zku
             if self.cfg.loss == "mse":
                 e = v - hk @ wd.mT  # [N, C, D]
@@ -122,7 +142,8 @@ class _ChunkBackend(Backend):
             g = e @ wd  # [N, C, Dh]
             d_d = vd.mT @ hk  # [N, D, Dh] = v^T (ld * Hk)
             d_u = (g * a).mT @ ku  # (G * A)^T (lu * K)
-            pg = g * zku * (sg * (1 + zkg * (1 - sg)))
+            # G * Zu * silu'(Zg) in one fused kernel (aten's silu_backward, itself differentiable)
+            pg = _SiluGradMul.apply(g * zku, zkg)
             d_g = pg.mT @ kg  # [N, Dh, D] = (G * Zu * silu'(Zg))^T (lg * K)
             new_w, new_a, new_m = update_rule(
                 [wg, wu, wd],
@@ -169,14 +190,15 @@ class _ChunkBackend(Backend):
         kg = torch.mul(k, lg, out=ws["kg"])
         ku = torch.mul(k, lu, out=ws["ku"])
         vd = torch.mul(v, ld, out=ws["vd"])
-        sg = torch.sigmoid(zkg, out=ws["sg"])
-        a = torch.mul(zkg, sg, out=ws["a"])  # silu(zk_g)
+        a = torch.nn.functional.silu(zkg)  # silu(zk_g)
         hk = torch.mul(a, zku, out=ws["hk"])
         g = torch.bmm(v, wd, out=ws["g"])  # [N, C, Dh]
         d_d = vd.mT @ hk  # [N, D, Dh]
-        t = torch.mul(a, sg, out=ws["t"])
-        torch.sub(a, t, out=t).add_(sg).mul_(zku).mul_(g)  # silu'(zg) = sg + a - a*sg, times Zu * G
-        d_g = t.mT @ kg
+        gz = torch.mul(g, zku, out=ws["t"])
+        pg = torch.ops.aten.silu_backward.grad_input(
+            gz, zkg, grad_input=ws["sg"]
+        )  # G * Zu * silu'(Zg)
+        d_g = pg.mT @ kg
         d_u = a.mul_(g).mT @ ku
         mu = None if beta is None else beta.mean(dim=1, keepdim=True)
         new_w, new_a, new_m = update_rule(
