@@ -257,3 +257,21 @@ def test_learning_smoke_digits():
         model.eval()
         acc = float((model(d.x_test).argmax(1) == d.y_test).float().mean())
         assert acc >= 0.90, (delta, acc)
+
+
+@pytest.mark.parametrize("reshuffle", [False, True], ids=["fixed", "reshuffled"])
+def test_batch_contents_fixed_across_rounds_unless_reshuffled(reshuffle):
+    seen: list[torch.Tensor] = []
+    base = supervised_loss()
+
+    def loss_fn(model, batch):
+        seen.append(batch[0].detach().clone())
+        return base(model, batch)
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    log = train_high_loss(model, loss_fn, opt, CountingDataset(), batch_size=8, delta=1.0,
+                          epochs=3, reshuffle=reshuffle)  # fmt: skip
+    assert log.batch_ids == list(range(7)) * 3
+    same = [torch.equal(seen[i], seen[i + 7]) for i in range(7)]
+    assert all(same) if not reshuffle else not any(same)
