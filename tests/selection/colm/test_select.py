@@ -195,3 +195,28 @@ def test_errors():
     with pytest.raises(ValueError, match="'source'"):
         sel.select({"input_ids": torch.zeros(3, 2), "labels": torch.zeros(3, 2)})
     assert isinstance(AdamFeatureNormalizer(2), AdamFeatureNormalizer)
+
+
+def test_small_source_fraction_in_coresets_on_the_mixture():
+    from batchcraft.data.mixture import make_mixture
+
+    mix = make_mixture((2000, 800, 300, 100, 40, 15, 8, 4), seed=0, eval_size=1)
+    small = torch.tensor(sorted(CoLMSelector(CountingProbe(), 1, source_counts=mix.counts).small))
+    sel = CoLMSelector(
+        CountingProbe(),
+        16,
+        source_counts=mix.counts,
+        ranking="random",
+        generator=torch.Generator().manual_seed(0),
+    )
+    gen = torch.Generator().manual_seed(1)
+    pool_frac, core_frac = [], []
+    for _ in range(60):
+        pool = mix.sample_pool(32, generator=gen)
+        out = sel.select(pool)
+        is_small = torch.isin(pool["source"], small)
+        pool_frac.append(float(is_small.float().mean()))
+        core_frac.append(float(is_small[out.idx].float().mean()))
+        assert is_small[out.idx].sum() == min(int(is_small.sum()), 16)  # all kept
+    p, c = sum(pool_frac) / 60, sum(core_frac) / 60
+    assert c == pytest.approx(p * 32 / 16, rel=1e-9)  # every small example kept: x B/b
