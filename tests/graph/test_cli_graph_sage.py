@@ -34,6 +34,12 @@ def test_train_resume_and_bad_options(tmp_path: Path) -> None:
     hist = json.loads((tmp_path / "history.json").read_text())["history"]
     assert [h["epoch"] for h in hist] == [1, 2]
     assert set(hist[0]["stages"]) == {"sample", "gather", "transfer", "compute", "wait"}
+    gcn_dir = tmp_path / "gcn"
+    res = runner.invoke(app, [*args[:-1], str(gcn_dir), "--epochs", "1", "--model", "gcn"])
+    assert res.exit_code == 0, res.output
+    assert (gcn_dir / "history.json").exists()
+    bad = runner.invoke(app, [*args, "--model", "gat"])
+    assert bad.exit_code != 0 and "model must be one of" in bad.output
     bad = runner.invoke(app, [*args, "--fanouts", "4,x"])
     assert bad.exit_code != 0 and "fan-outs" in bad.output
     bad = runner.invoke(app, [*args, "--dataset", "reddit"])

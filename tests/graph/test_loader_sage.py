@@ -196,3 +196,30 @@ def test_cora_graphsage_accuracy(data_dir) -> None:  # type: ignore[no-untyped-d
     for _ in range(6):
         train_epoch(model, train, opt)
     assert evaluate(model, test) >= 0.75
+
+
+def test_gcnconv_matches_pyg_and_trimming_is_exact(small) -> None:  # type: ignore[no-untyped-def]
+    from batchcraft.graph.gcn import GCN, GCNConv
+
+    pyg_nn = pytest.importorskip("torch_geometric.nn")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 7, generator=g)
+    ei = torch.randint(0, 30, (2, 90), generator=g)
+    ei = ei[:, ei[0] != ei[1]]
+    ours, ref = GCNConv(7, 5), pyg_nn.GCNConv(7, 5)
+    with torch.no_grad():
+        ref.lin.weight.copy_(ours.lin.weight)
+        assert ours.bias is not None
+        ours.bias.normal_(generator=g)
+        ref.bias.copy_(ours.bias)
+    torch.testing.assert_close(ours(x, ei), ref(x, ei), rtol=1e-5, atol=1e-6)
+
+    d, graph = small
+    model = GCN(12, 16, 3).eval()
+    loader = NeighborLoader(graph, d.x, d.y, [3, 2], batch_size=50, shuffle=False, prefetch=0)
+    b = next(iter(loader))
+    trimmed = model(b.x, b.edge_index, num_sampled_nodes=b.num_sampled_nodes,
+                    num_sampled_edges=b.num_sampled_edges)  # fmt: skip
+    torch.testing.assert_close(trimmed, model(b.x, b.edge_index)[: b.batch_size])
+    with pytest.raises(ValueError, match="num_layers"):
+        GCN(4, 4, 2, num_layers=0)

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(help="cora | citeseer | powerlaw | planted (synthetic ones are seeded)."),
         ] = "powerlaw",
+        model: Annotated[str, typer.Option(help="sage (GraphSAGE, mean) | gcn.")] = "sage",
         num_nodes: Annotated[
             int, typer.Option(help="Nodes of a synthetic power-law graph.")
         ] = 100_000,
@@ -74,6 +75,7 @@ def register(app: typer.Typer) -> None:
 
         settings = TrainSettings(
             dataset=dataset,
+            model=model,
             num_nodes=num_nodes,
             avg_degree=avg_degree,
             num_features=num_features,

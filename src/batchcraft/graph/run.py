@@ -16,6 +16,7 @@ import torch
 from batchcraft.data.graphs import GraphData, load_planetoid, planted_partition, powerlaw_graph
 from batchcraft.graph.csr import csr_from_edge_index
 from batchcraft.graph.feature_store import PinnedFeatureStore
+from batchcraft.graph.gcn import GCN
 from batchcraft.graph.loader import NeighborLoader
 from batchcraft.graph.sage import GraphSAGE
 from batchcraft.graph.train import evaluate, fit
@@ -25,6 +26,7 @@ from batchcraft.utils.progress import progress_bar
 __all__ = ["DATASETS", "TrainSettings", "build_dataset", "run_training"]
 
 DATASETS = ("cora", "citeseer", "powerlaw", "planted")
+MODELS: dict[str, type[GraphSAGE] | type[GCN]] = {"sage": GraphSAGE, "gcn": GCN}
 
 
 @dataclass(kw_only=True)
@@ -32,6 +34,7 @@ class TrainSettings:
     """One training run (defaults follow the spec: 2 layers, hidden 256, fan-outs 25,10)."""
 
     dataset: str = "powerlaw"  # cora | citeseer | powerlaw | planted
+    model: str = "sage"  # sage | gcn
     num_nodes: int = 100_000  # power-law graph size
     avg_degree: float = 15.0  # power-law mean degree
     num_features: int = 128  # power-law feature width
@@ -74,7 +77,7 @@ def run_training(
     resume: bool = False,
     log: Callable[[str], Any] = print,
 ) -> list[dict[str, Any]]:
-    """Train GraphSAGE per ``s``; returns the per-epoch history (also in ``history.json``)."""
+    """Train GraphSAGE (or GCN) per ``s``; returns the per-epoch history (also in ``history.json``)."""
     data = build_dataset(s)
     graph = csr_from_edge_index(data.edge_index, data.num_nodes)
     store = PinnedFeatureStore(data.x, pin=s.pin, backend=s.backend)
@@ -91,7 +94,9 @@ def run_training(
         graph, store, data.y, s.fanouts, batch_size=s.batch_size, input_nodes=data.val_idx,
         shuffle=False, generator=torch.Generator().manual_seed(s.seed + 1), prefetch=s.prefetch,
     )  # fmt: skip
-    model = GraphSAGE(
+    if s.model not in MODELS:
+        raise ValueError(f"model must be one of {tuple(MODELS)}, got {s.model!r}")
+    model = MODELS[s.model](
         data.x.shape[1], s.hidden, data.num_classes, num_layers=len(s.fanouts), dropout=s.dropout
     ).to(store.device)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from batchcraft.graph.loader import NeighborLoader
-from batchcraft.graph.sage import GraphSAGE
 from batchcraft.utils.io import load_checkpoint, save_checkpoint
 
 __all__ = ["EpochStats", "evaluate", "fit", "full_graph_accuracy", "train_epoch"]
@@ -127,7 +126,7 @@ def full_graph_accuracy(
 
 
 def fit(
-    model: GraphSAGE,
+    model: nn.Module,
     train_loader: NeighborLoader,
     *,
     epochs: int,
