@@ -12,12 +12,6 @@ from batchcraft.graph import PinnedFeatureStore, is_uva_available
 CPU_ONLY = not torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-BACKENDS = [
-    "cpu",
-    "staged",
-    pytest.param("uva-triton", marks=pytest.mark.triton),
-]
-
 
 def _x(n: int = 60, f: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return (torch.randn(n, f, generator=torch.Generator().manual_seed(n * f)) * 50).to(dtype)
@@ -30,11 +24,25 @@ def test_auto_selects_cpu_without_cuda() -> None:
     assert is_uva_available() is False
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.uint8], ids=str
-)
-@pytest.mark.parametrize("f", [1, 3, 100, 602], ids=lambda f: f"F{f}")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.uint8]
+CASES = [
+    pytest.param(b, d, f, id=f"{b}-{str(d).removeprefix('torch.')}-F{f}")
+    for b in ("cpu", "staged")
+    for d in DTYPES
+    for f in (1, 3, 100, 602)
+] + [  # the kernel itself is covered in tests/ops/gather/test_triton.py; here: the store glue
+    pytest.param(
+        "uva-triton",
+        d,
+        f,
+        id=f"uva-triton-{str(d).removeprefix('torch.')}-F{f}",
+        marks=pytest.mark.triton,
+    )
+    for d, f in ((torch.float32, 3), (torch.bfloat16, 100), (torch.uint8, 602))
+]
+
+
+@pytest.mark.parametrize(("backend", "dtype", "f"), CASES)
 def test_gather_equals_index_select(backend: str, dtype: torch.dtype, f: int) -> None:
     if backend == "uva-triton" and CPU_ONLY and not INTERPRET:
         pytest.skip("needs TRITON_INTERPRET=1")
