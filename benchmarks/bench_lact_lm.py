@@ -89,7 +89,7 @@ def _train_once(model: LaCTForCausalLM, opt: torch.optim.Optimizer, batch: torch
 )
 def decode(quick: bool = False) -> dict[str, Any]:
     contexts = [512, 2048] if quick else [1024, 4096, 16384]
-    n_tokens = 8 if quick else 16
+    n_tokens = 4 if quick else 8  # per round; the best of 3 interleaved rounds is kept
     chunk = 256
     models = {
         "lact": _bench_cfg(chunk),
@@ -108,18 +108,22 @@ def decode(quick: bool = False) -> dict[str, Any]:
             raise RuntimeError(f"decode != prefill for {name}: rel err {gate[name]:.2e}")
         torch.manual_seed(0)
         model = LaCTForCausalLM(cfg).eval()
+        caches = {n: _prefill(model, n, piece=1024) for n in contexts}
+        best = dict.fromkeys(contexts, float("inf"))
+        for _ in range(3):  # interleave contexts so load changes hit all of them alike
+            for ctx_len in contexts:
+                step = functools.partial(_decode_once, model, caches[ctx_len])  # same prefix
+                t = timeit(step, warmup=1, repeat=n_tokens)
+                best[ctx_len] = min(best[ctx_len], t["min_s"])
         for ctx_len in contexts:
-            cache = _prefill(model, ctx_len, piece=1024)
-            step = functools.partial(_decode_once, model, cache)  # same prefix every call
-            t = timeit(step, warmup=2, repeat=n_tokens)
-            nbytes = cache.nbytes()
+            nbytes = caches[ctx_len].nbytes()
             rows.append(
                 {
                     "model": name,
                     "context": ctx_len,
-                    "ms_per_token": 1e3 * t.median,
+                    "ms_per_token": 1e3 * best[ctx_len],
                     "cache_MB": nbytes / 2**20,
-                    "cache_GB/s_vs_copy": nbytes / t.median / 1e9 / copy_gbs,
+                    "cache_GB/s_vs_copy": nbytes / best[ctx_len] / 1e9 / copy_gbs,
                 }
             )
     for name in models:
