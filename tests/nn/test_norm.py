@@ -12,6 +12,15 @@ from torch import nn
 from batchcraft.nn.norm import LayerNorm, RMSNorm, create_norm
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     "affine,bias", [(True, True), (True, False), (False, False)], ids=["affine", "nobias", "none"]
 )

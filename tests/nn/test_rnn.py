@@ -11,6 +11,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
 from batchcraft.nn.rnn_cell import LayerNormGRUCell, LayerNormLSTMCell
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PAIRS = {"lstm": (LayerNormLSTM, nn.LSTM), "gru": (LayerNormGRU, nn.GRU)}
 
 

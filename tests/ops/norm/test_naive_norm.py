@@ -17,6 +17,15 @@ from batchcraft.ops.norm import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def ln64(x: torch.Tensor, w, b, eps: float) -> torch.Tensor:
     """LayerNorm over the last dim written out in fp64."""
     x = x.double()

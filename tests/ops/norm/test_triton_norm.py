@@ -9,6 +9,16 @@ from helpers import assert_close, rel_rms
 from batchcraft import _capabilities as caps
 from batchcraft.ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(

@@ -10,6 +10,16 @@ from helpers import assert_close
 
 from batchcraft.ops.recurrent import GRUParams, LSTMParams, ln_gru, ln_lstm
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are tiny: one thread avoids OpenMP oversubscription on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 T, B, I, H = 6, 3, 5, 4
 
 
