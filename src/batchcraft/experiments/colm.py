@@ -63,7 +63,7 @@ def _macro(ev: dict[int, tuple[float, float]], qs: list[int], k: int) -> float:
     claim="A CoLM coreset of b examples from a pool of B trains better than random mini-batches, "
     "matching or beating 4x larger ones, at small-batch memory.",
     quick_minutes=3,
-    full_setting="b=32 of B=64, 600 steps, d_model 64, all ten arms",
+    full_setting="b=32 of B=64, 600 steps, d_model 64, all twelve arms (adds loss- and gradient-norm-based online selection)",
     order=60,
 )
 def run(ctx: ExperimentContext) -> ExperimentResult:
@@ -72,15 +72,16 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.utils.plot import pyplot
 
     cfg = _settings(ctx.quick)
+    arms = QUICK_ARMS if ctx.quick else (*QUICK_ARMS, "loss-select", "gradnorm-select")
     mix = make_mixture(seed=0, eval_size=cfg["eval"])
     small = sorted(small_sources_from_counts(mix.counts))
     qs = list(range(len(mix.names)))
     bigs = [q for q in qs if q not in small]
-    res: dict[str, list[dict[str, Any]]] = {a: [] for a in QUICK_ARMS}
+    res: dict[str, list[dict[str, Any]]] = {a: [] for a in arms}
     t0 = time.perf_counter()
-    with ctx.progress(len(QUICK_ARMS) * len(ctx.seeds), "arms x seeds") as bar:
+    with ctx.progress(len(arms) * len(ctx.seeds), "arms x seeds") as bar:
         for seed in ctx.seeds:
-            for arm in QUICK_ARMS:
+            for arm in arms:
                 res[arm].append(train_arm(arm, seed, mix, cfg))
                 bar.advance()
     wall = time.perf_counter() - t0
@@ -88,9 +89,9 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     def per_seed(arm: str, group: list[int], k: int) -> list[float]:
         return [_macro(r["eval"], group, k) for r in res[arm]]
 
-    macro = {a: per_seed(a, qs, 0) for a in QUICK_ARMS}
+    macro = {a: per_seed(a, qs, 0) for a in arms}
     mean = {a: statistics.fmean(v) for a, v in macro.items()}
-    metrics = [Metric(f"macro held-out loss, {a}", macro[a], unit="nats/token") for a in QUICK_ARMS]
+    metrics = [Metric(f"macro held-out loss, {a}", macro[a], unit="nats/token") for a in arms]
     metrics += [
         Metric(f"macro exact match, {a}", [100 * x for x in per_seed(a, qs, 1)], unit="%")
         for a in ("random-b", "random-4b", "structure-random", "colm")
@@ -98,7 +99,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     overhead = [r["select_s"] / r["train_s"] for r in res["colm"]]
     metrics.append(Metric("CoLM selection time / training step time", overhead, unit="x"))
     rows = []
-    for a in QUICK_ARMS:
+    for a in arms:
         rows.append(
             f"| {a} | {mean[a]:.3f} | {statistics.fmean(per_seed(a, small, 0)):.3f} | "
             f"{statistics.fmean(per_seed(a, bigs, 0)):.3f} | "
@@ -147,10 +148,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
-    ys = [mean[a] for a in QUICK_ARMS]
-    err = [statistics.stdev(macro[a]) if len(macro[a]) > 1 else 0.0 for a in QUICK_ARMS]
-    ax.bar(range(len(QUICK_ARMS)), ys, yerr=err, color="tab:blue")
-    ax.set_xticks(range(len(QUICK_ARMS)), QUICK_ARMS, rotation=35, ha="right")
+    ys = [mean[a] for a in arms]
+    err = [statistics.stdev(macro[a]) if len(macro[a]) > 1 else 0.0 for a in arms]
+    ax.bar(range(len(arms)), ys, yerr=err, color="tab:blue")
+    ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right")
     ax.set_ylim(min(ys) * 0.95, max(ys) * 1.03)
     ax.set_xlabel("arm (same optimizer steps)")
     ax.set_ylabel("macro held-out answer loss [nats/token]")
@@ -168,11 +169,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     plots.append(ctx.save_figure(fig, "colm_per_source.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4))
-    sel = [1e3 * statistics.fmean(r["select_s"] for r in res[a]) for a in QUICK_ARMS]
-    trn = [1e3 * statistics.fmean(r["train_s"] for r in res[a]) for a in QUICK_ARMS]
-    ax.bar(range(len(QUICK_ARMS)), trn, label="training step")
-    ax.bar(range(len(QUICK_ARMS)), sel, bottom=trn, label="selection")
-    ax.set_xticks(range(len(QUICK_ARMS)), QUICK_ARMS, rotation=35, ha="right")
+    sel = [1e3 * statistics.fmean(r["select_s"] for r in res[a]) for a in arms]
+    trn = [1e3 * statistics.fmean(r["train_s"] for r in res[a]) for a in arms]
+    ax.bar(range(len(arms)), trn, label="training step")
+    ax.bar(range(len(arms)), sel, bottom=trn, label="selection")
+    ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right")
     ax.set_xlabel("arm")
     ax.set_ylabel("median time per step [ms]")
     ax.set_title("Step time split: selection vs training (CPU)")
