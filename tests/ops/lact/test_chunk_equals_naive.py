@@ -167,3 +167,21 @@ def test_inference_path_matches(kw: dict[str, object], use_beta: bool) -> None:
         o2, s2 = run("chunk", inp, C=8, use_beta=use_beta, **kw)
     torch.testing.assert_close(o2, o, rtol=1e-10, atol=1e-10)
     assert_states_close(s2, s, rtol=1e-10, atol=1e-10)
+
+
+def test_recompute_bounds_saved_activations() -> None:
+    """Per-chunk checkpointing keeps only each chunk's inputs and weights for backward."""
+    inp = make_inputs(1, 64, 2, 8, 16, requires_grad=True)
+    saved = {}
+    for recompute in (False, True):
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run("chunk", inp, C=4, recompute=recompute)
+        saved[recompute] = total
+    assert saved[True] * 4 < saved[False], saved
