@@ -210,7 +210,7 @@ def test_rosenbrock_converges(foreach: bool) -> None:
         loss = (1 - xy[0]) ** 2 + 100 * (xy[1] - xy[0] ** 2) ** 2
         loss.backward()
         opt.step()
-    assert float(loss) < 1e-3
+    assert float(loss.detach()) < 1e-3
 
 
 def test_mlp_on_digits_with_cosine_schedule() -> None:
@@ -232,7 +232,7 @@ def test_mlp_on_digits_with_cosine_schedule() -> None:
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -291,3 +291,29 @@ def test_differentiable_step_through_optimizer() -> None:
     opt.step()
     p.sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_fp32_state_for_bf16_params_survives_state_dict() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(s, generator=gen).to(torch.bfloat16) for s in [(5, 3), (4,)]]
+    a = [t.clone().requires_grad_() for t in base]
+    b = [t.clone().requires_grad_() for t in base]
+    opt_a = Adan(a, lr=0.01, foreach=False, state_dtype=torch.float32)
+    opt_b = Adan(b, lr=0.01, foreach=True, state_dtype=torch.float32)
+    for _ in range(3):
+        gs = [torch.randn(t.shape, generator=gen).to(torch.bfloat16) for t in base]
+        for x, y, g in zip(a, b, gs, strict=True):
+            x.grad, y.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    for x, y in zip(a, b, strict=True):
+        assert opt_a.state[x]["exp_avg_sq"].dtype == torch.float32
+        assert torch.equal(x, y)
+        for key in STATE_KEYS:
+            assert torch.equal(opt_a.state[x][key], opt_b.state[y][key]), key
+    c = [t.detach().clone().requires_grad_() for t in a]
+    opt_c = Adan(c, lr=0.01, state_dtype=torch.float32)
+    opt_c.load_state_dict(opt_a.state_dict())
+    for x, z in zip(a, c, strict=True):
+        m = opt_c.state[z]["exp_avg"]
+        assert m.dtype == torch.float32 and torch.equal(m, opt_a.state[x]["exp_avg"])

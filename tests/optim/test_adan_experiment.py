@@ -45,19 +45,24 @@ def test_seeded_init_is_deterministic_and_leaves_global_rng() -> None:
 
 def test_train_curve_decreases_with_both_optimizers() -> None:
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(256, 1, 8, 8, generator=gen)
+    x = torch.rand(128, 1, 8, 8, generator=gen)
     y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
-    s = TaskSetting(steps=60, eval_every=20, batch=32,
+    s = TaskSetting(steps=40, eval_every=20, batch=32,
                     adamw=dict(lr=5e-3, weight_decay=0.05), adan=dict(lr=2e-2, max_grad_norm=1.0))  # fmt: skip
 
     def batch(step: int):
-        i = (step * 32) % 256
+        i = (step * 32) % 128
         return x[i : i + 32], y[i : i + 32]
 
     for name in ("adamw", "adan"):
         model = _seeded(SmallCNN(2, 4), 0)
         curve = train_curve(
-            model, name, s, batch, lambda m: float(F.cross_entropy(m(x), y)), F.cross_entropy
+            model,
+            name,
+            s,
+            batch,
+            lambda m: float(F.cross_entropy(m(x), y).detach()),
+            F.cross_entropy,
         )
-        assert [st for st, _ in curve] == [0, 20, 40, 60]
+        assert [st for st, _ in curve] == [0, 20, 40]
         assert curve[-1][1] < curve[0][1]

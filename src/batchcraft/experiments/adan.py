@@ -174,7 +174,7 @@ def _lm_task(ctx: ExperimentContext) -> tuple[str, Any]:
     s = TaskSetting(
         steps=300 if ctx.quick else 3000, eval_every=25 if ctx.quick else 100, batch=32,
         adamw=dict(lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95)),
-        adan=dict(lr=1e-2, weight_decay=0.01, max_grad_norm=1.0),
+        adan=dict(lr=1e-2, weight_decay=0.01, betas=(0.98, 0.92, 0.95), max_grad_norm=1.0),
     )  # fmt: skip
 
     def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
