@@ -131,7 +131,7 @@ def _mean(recs: list[dict[str, Any]], key: str) -> float:
 
 
 def _verdict(records: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[Any, str]:
-    parts, hits, close = [], 0, 0
+    parts, hits, close, fast = [], 0, 0, 0
     for ds, by_m in records.items():
         rp = 100 * _mean(by_m["rphgnn"], "test_micro")
         mlp = 100 * _mean(by_m["mlp"], "test_micro")
@@ -139,6 +139,7 @@ def _verdict(records: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[Any, 
         speed = _mean(by_m["relation_wise"], "total_s") / max(
             _mean(by_m["rphgnn"], "total_s"), 1e-9
         )
+        fast += speed >= 2.0 and rp >= rw - 0.5  # the paper's speed claim, at equal F1
         if ds in TARGET_MICRO:
             ok = rp >= TARGET_MICRO[ds]
             near = rp >= TARGET_MICRO[ds] - 3.0
@@ -157,10 +158,17 @@ def _verdict(records: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[Any, 
         hits += ok
         close += near
     n = len(records)
-    verdict = (
-        "reproduced" if hits == n else ("partly" if close == n or hits > 0 else "not reproduced")
+    if hits == n and fast == n:
+        verdict = "reproduced"
+    elif hits > 0 or close == n:
+        verdict = "partly"
+    else:
+        verdict = "not reproduced"
+    speed_note = (
+        " Speed target (>= 2x faster than the relation-wise baseline at equal or better F1) "
+        + ("met." if fast == n else f"met on {fast} of {n} dataset(s).")
     )
-    return verdict, "; ".join(parts) + "."
+    return verdict, "; ".join(parts) + "." + speed_note
 
 
 def _plot(ctx: ExperimentContext, records: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
@@ -181,9 +189,12 @@ def _plot(ctx: ExperimentContext, records: dict[str, dict[str, list[dict[str, An
     for ax in (ax1, ax2):
         ax.set_xticks([j + 0.4 - w / 2 for j in range(len(dss))], dss)
         ax.set_xlabel("dataset")
-        ax.legend(fontsize=8)
+    low = min(100 * _mean(records[d][m], "test_micro") for d in dss for m in methods)
+    ax1.set_ylim(max(0.0, low - 5.0), 100.0)
     ax1.set_ylabel("test micro-F1 [%] (dashed: paper)")
     ax1.set_title("RpHGNN vs baselines: accuracy")
     ax2.set_ylabel("pre-compute + training time [s]")
     ax2.set_title("RpHGNN vs baselines: total time")
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(methods), bbox_to_anchor=(0.5, -0.12))
     return ctx.save_figure(fig, "rphgnn_f1_time.png")
