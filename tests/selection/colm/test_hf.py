@@ -18,6 +18,7 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
         CoLMTrainer,
         find_module,
         find_param,
+        load_selector_state,
         lora_wrap,
         tiny_llama,
     )
@@ -52,7 +53,8 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
         per_device_train_batch_size=16,
         learning_rate=1e-2,
         report_to=[],
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
         logging_strategy="no",
         use_cpu=True,
         remove_unused_columns=False,
@@ -69,3 +71,10 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
     assert changed, "no parameter changed"
     assert all("lora_" in n for n in changed), sorted(changed)
     assert any("lora_B" in n for n in changed)
+    # the checkpoint carries the selector state; a fresh selector resumes from it
+    fresh = CoLMSelector(ZOProbe(model, name, seed=5), 8, source_counts=mix.counts, h=32)
+    load_selector_state(fresh, tmp_path / "checkpoint-2")
+    assert fresh.steps == 2 and fresh.probe.seed == 0
+    assert torch.equal(fresh.normalizer.m, selector.normalizer.m)
+    with pytest.raises(ValueError, match="not a CoLMTrainer checkpoint"):
+        load_selector_state(fresh, tmp_path)

@@ -16,7 +16,9 @@ Add CoLM to an existing fine-tuning script in a few lines::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +31,14 @@ from batchcraft.selection.colm.select import CoLMSelector, subset_batch
 
 transformers = require("transformers", "the CoLM Hugging Face integration")
 
-__all__ = ["CoLMTrainer", "find_module", "find_param", "lora_wrap", "tiny_llama"]
+__all__ = [
+    "CoLMTrainer",
+    "find_module",
+    "find_param",
+    "load_selector_state",
+    "lora_wrap",
+    "tiny_llama",
+]
 
 
 def tiny_llama(
@@ -101,11 +110,38 @@ def find_module(model: nn.Module, suffix: str) -> str:
     return hits[0]
 
 
+SELECTOR_STATE = "colm_selector.pt"
+
+
+class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,name-defined]
+    """Writes the selector state (Adam moments, probe seed/step, generator) into checkpoints."""
+
+    def __init__(self, selector: CoLMSelector) -> None:
+        self.selector = selector
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{SELECTOR_STATE}.tmp"
+        torch.save(self.selector.state_dict(), tmp)
+        os.replace(tmp, folder / SELECTOR_STATE)
+
+
+def load_selector_state(selector: CoLMSelector, checkpoint: str | Path) -> None:
+    """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`."""
+    path = Path(checkpoint) / SELECTOR_STATE
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: not a CoLMTrainer checkpoint folder")
+    selector.load_state_dict(torch.load(path, weights_only=False))
+
+
 class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
     """``transformers.Trainer`` whose each batch is a pool; the loss is on CoLM's coreset.
 
     Set ``per_device_train_batch_size`` to the pool size ``B``; batches must carry ``source``
     (so the collator keeps it, and ``remove_unused_columns=False`` for ``datasets`` inputs).
+    Every checkpoint folder also receives the selector state (``colm_selector.pt``); restore it
+    with :func:`load_selector_state` before ``trainer.train(resume_from_checkpoint=...)``.
 
     Args:
         selector: the CoLM selector (its probe must wrap the same model object).
@@ -116,6 +152,7 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
         super().__init__(*args, **kwargs)
         self.selector = selector
         self.last_selection: Any = None
+        self.add_callback(_SaveSelectorState(selector))
 
     def compute_loss(
         self,
