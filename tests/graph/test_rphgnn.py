@@ -415,3 +415,14 @@ def test_baseline_groups_shapes_and_relation_wise_first_hop():
     )
     with pytest.raises(ValueError, match="num_hops"):
         relation_wise_precompute(*args, num_hops=0)
+
+
+def test_training_through_the_pinned_feature_store_matches_plain_tensors(sbm):
+    pytest.importorskip("batchcraft.graph.feature_store")
+    from batchcraft.graph.rphgnn_pipeline import PRESETS, fit_node_classifier, precompute_groups
+
+    cfg = dataclasses.replace(PRESETS["hetero-sbm"], num_iterations=2, epochs=5, patience=5)
+    groups = precompute_groups(sbm, "rphgnn", cfg, generator=torch.Generator().manual_seed(0))
+    plain = fit_node_classifier(sbm, config=cfg, groups=groups)
+    stored = fit_node_classifier(sbm, config=cfg, groups=groups, feature_store=True)
+    assert plain["test_micro"] == stored["test_micro"] and plain["val_loss"] == stored["val_loss"]

@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="Folder for pre-computed groups (reused per seed).")
         ] = None,
         device: Annotated[str, typer.Option(help="cpu | cuda.")] = "cpu",
+        feature_store: Annotated[
+            bool, typer.Option(help="Serve the groups through a PinnedFeatureStore per key.")
+        ] = False,
     ) -> None:
         """Pre-compute relation groups by even-odd propagation + random projection, then train."""
         import dataclasses
@@ -112,7 +115,8 @@ def register(app: typer.Typer) -> None:
 
             rec = fit_node_classifier(
                 data, method=method, config=cfg, seed=seed, device=device, groups=groups,
-                on_epoch=on_epoch, progress=lambda m: console.print(f"precompute {m}", highlight=False),
+                on_epoch=on_epoch, feature_store=feature_store,
+                progress=lambda m: console.print(f"precompute {m}", highlight=False),
             )  # fmt: skip
             rec["key"] = key
             done.setdefault("runs", []).append(rec)

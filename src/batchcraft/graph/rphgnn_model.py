@@ -172,14 +172,20 @@ def _predict(logits: Tensor, multilabel: bool) -> Tensor:
     return (logits > 0).long() if multilabel else logits.argmax(1)
 
 
-def _gather(groups: Mapping[str, Tensor], idx: Tensor, device: torch.device) -> dict[str, Tensor]:
-    return {j: g[idx].to(device=device, dtype=torch.float32) for j, g in groups.items()}
+def _gather(groups: Mapping[str, Any], idx: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """Rows ``idx`` of every group as fp32 on ``device``; a group may be a tensor or any table
+    with ``gather(idx)`` (e.g. :class:`~batchcraft.graph.feature_store.PinnedFeatureStore`)."""
+    out = {}
+    for j, g in groups.items():
+        rows = g[idx] if isinstance(g, Tensor) else g.gather(idx)
+        out[j] = rows.to(device=device, dtype=torch.float32)
+    return out
 
 
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
-    groups: Mapping[str, Tensor],
+    groups: Mapping[str, Any],
     y: Tensor,
     idx: Tensor,
     multilabel: bool,
@@ -204,7 +210,7 @@ def _loss(logits: Tensor, target: Tensor, multilabel: bool) -> Tensor:
 
 def train_node_classifier(
     model: nn.Module,
-    groups: Mapping[str, Tensor],
+    groups: Mapping[str, Any],
     y: Tensor,
     train_idx: Tensor,
     val_idx: Tensor,
@@ -220,7 +226,8 @@ def train_node_classifier(
 
     Args:
         model: maps ``{key: [B, n_j, m_j]}`` to logits ``[B, C]``.
-        groups: the pre-computed tables ``{key: [N_τ, n_j, m_j]}`` (any dtype, any device).
+        groups: the pre-computed tables ``{key: [N_τ, n_j, m_j]}`` (any dtype, any device), or
+            row-gatherable stores of them (``gather(idx)``, e.g. ``PinnedFeatureStore``).
         y: ``[N_τ]`` class ids or ``[N_τ, C]`` multi-hot; *_idx: row ids into the tables.
         config: :class:`TrainConfig`; generator: drives batch shuffling.
         on_epoch: called with ``(epoch, metrics)`` after each validation.

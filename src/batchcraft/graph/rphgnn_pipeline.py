@@ -153,12 +153,17 @@ def fit_node_classifier(
     groups: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    feature_store: bool = False,
 ) -> dict[str, Any]:
     """Pre-compute (unless ``groups`` is given), split, train, evaluate on ``data.test_idx``.
 
     Model initialisation and dropout use the global RNG inside ``torch.random.fork_rng`` seeded
     with ``seed`` (restored afterwards); pre-computation, split and batches use explicit
     generators derived from ``seed``.
+
+    With ``feature_store=True`` every group is served to the mini-batches through a
+    :class:`~batchcraft.graph.feature_store.PinnedFeatureStore` (pinned host table, UVA/staged
+    gather to ``device`` on CUDA; a plain gather on CPU).
 
     Returns:
         The training record of :func:`train_node_classifier` plus ``precompute_s``,
@@ -187,11 +192,23 @@ def fit_node_classifier(
             lr=cfg.lr, epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size,
             val_every=cfg.val_every, stop_on=cfg.stop_on,
         )  # fmt: skip
-        rec = train_node_classifier(
-            model, groups, data.y, tr, va, data.test_idx, config=tc,
-            generator=torch.Generator().manual_seed(20_000 + seed), multilabel=data.multilabel,
-            device=device, on_epoch=on_epoch,
-        )  # fmt: skip
+        served: dict[str, Any] = dict(groups)
+        if feature_store:
+            from batchcraft.graph.feature_store import PinnedFeatureStore
+
+            served = {
+                j: PinnedFeatureStore(t.contiguous(), device=device) for j, t in groups.items()
+            }
+        try:
+            rec = train_node_classifier(
+                model, served, data.y, tr, va, data.test_idx, config=tc,
+                generator=torch.Generator().manual_seed(20_000 + seed), multilabel=data.multilabel,
+                device=device, on_epoch=on_epoch,
+            )  # fmt: skip
+        finally:
+            for st in served.values():
+                if not isinstance(st, torch.Tensor):
+                    st.close()
     rec.update(
         method=method, seed=seed, precompute_s=pre_s, total_s=time.perf_counter() - t0,
         stored_bytes=sum(t.numel() * t.element_size() for t in groups.values()),
