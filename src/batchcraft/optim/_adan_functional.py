@@ -103,14 +103,24 @@ def _single_tensor_adan(
             g = g * clip_coef.to(device=g.device, dtype=g.dtype)
         if maximize:
             g = torch.neg(g)
-        if ks[i] == 1:
-            prev.copy_(g)
-        d = g - prev
         m.mul_(beta1).add_(g, alpha=1 - beta1)
-        v.mul_(beta2).add_(d, alpha=1 - beta2)
-        u = d.mul_(beta2).add_(g)  # Nesterov-corrected gradient g + b2 d
-        n.mul_(beta3).addcmul_(u, u, value=1 - beta3)
-        den = (n.sqrt() / sqrt_bc3).add_(eps)
+        if differentiable:  # out of place: autograd keeps u and sqrt(n) for the backward
+            if ks[i] == 1:
+                prev.copy_(g)
+            neg_d = prev - g
+            v.mul_(beta2).add_(neg_d, alpha=-(1 - beta2))
+            u = (neg_d * -beta2).add_(g)
+            n.mul_(beta3).addcmul_(u, u, value=1 - beta3)
+            den = (n.sqrt() / sqrt_bc3).add_(eps)
+        else:
+            if ks[i] == 1:
+                prev.zero_()  # seeding g_prev = g makes the difference exactly 0
+            else:
+                prev.sub_(g)  # prev now holds -d = g_prev - g (negation is exact)
+            v.mul_(beta2).add_(prev, alpha=-(1 - beta2))
+            u = prev.mul_(-beta2).add_(g)  # Nesterov-corrected gradient g + b2 d
+            n.mul_(beta3).addcmul_(u, u, value=1 - beta3)
+            den = n.sqrt().div_(sqrt_bc3).add_(eps)
         target = p if p.dtype == m.dtype else p.to(m.dtype)
         if differentiable and target is p:
             target = p.clone()
@@ -148,7 +158,9 @@ def _multi_tensor_adan(
 ) -> None:
     """``torch._foreach_*`` over lists grouped by (device, param dtype, state dtype).
 
-    Same op sequence as :func:`_single_tensor_adan`, so fp64 results are bitwise equal.
+    Same op sequence as :func:`_single_tensor_adan`, so fp64 results are bitwise equal. The
+    gradient difference and the Nesterov term are built in the ``prev_grads`` buffers (refilled
+    with ``g`` at the end), so the only temporary is the denominator.
     """
     del differentiable  # validated by the caller: foreach is never differentiable
     buckets: dict[tuple[torch.device, torch.dtype, torch.dtype, torch.dtype], list[int]] = {}
@@ -170,18 +182,17 @@ def _multi_tensor_adan(
                 torch._foreach_neg_(gs)
         elif maximize:
             gs = list(torch._foreach_neg(gs))
-        if first:
-            torch._foreach_copy_([prevs[j] for j in first], [gs[j] for j in first])
-        ds = torch._foreach_sub(gs, prevs)
+        torch._foreach_sub_(prevs, gs)  # prevs now hold -d = g_prev - g (negation is exact)
+        if first:  # seeding g_prev = g makes the difference exactly 0
+            torch._foreach_zero_([prevs[j] for j in first])
         torch._foreach_mul_(ms, beta1)
         torch._foreach_add_(ms, gs, alpha=1 - beta1)
         torch._foreach_mul_(vs, beta2)
-        torch._foreach_add_(vs, ds, alpha=1 - beta2)
-        torch._foreach_mul_(ds, beta2)
-        torch._foreach_add_(ds, gs)  # ds now holds u = g + b2 d
+        torch._foreach_add_(vs, prevs, alpha=-(1 - beta2))
+        torch._foreach_mul_(prevs, -beta2)
+        torch._foreach_add_(prevs, gs)  # prevs now hold u = g + b2 d
         torch._foreach_mul_(ns, beta3)
-        torch._foreach_addcmul_(ns, ds, ds, value=1 - beta3)
-        del ds
+        torch._foreach_addcmul_(ns, prevs, prevs, value=1 - beta3)
         den = torch._foreach_sqrt(ns)
         torch._foreach_div_(den, [math.sqrt(1 - beta3**k) for k in bks])
         torch._foreach_add_(den, eps)
