@@ -200,7 +200,6 @@ class LaCTLayer(nn.Module):
                     self.gate_r = nn.Parameter(torch.empty(h, q, dd))
                     self.up_l = nn.Parameter(torch.empty(h, dh, q))
                     self.up_r = nn.Parameter(torch.empty(h, q, dd))
-                    self.register_buffer("eye", torch.eye(dh, dd), persistent=False)
                 else:
                     self.w_gate = nn.Parameter(torch.empty(h, dh, dd))
                     self.w_up = nn.Parameter(torch.empty(h, dh, dd))
@@ -240,7 +239,8 @@ class LaCTLayer(nn.Module):
         if self.fast_weight == "linear":
             return FastWeights(None, None, self.w_down)
         if self.init == "low_rank":
-            eye = 0.5 * self.get_buffer("eye")
+            g = self.gate_l  # rectangular identity [Dh, D], built on the fly (no buffer to load)
+            eye = 0.5 * torch.eye(self.hidden_dim, self.head_dim, dtype=g.dtype, device=g.device)
             return FastWeights(
                 self.gate_l @ self.gate_r + eye, self.up_l @ self.up_r + eye, self.w_down
             )
