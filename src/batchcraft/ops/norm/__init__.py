@@ -34,6 +34,7 @@ __all__ = [
 
 IMPLS = ("auto", "naive", "torch", "triton")
 ShapeLike = int | list[int] | tuple[int, ...] | torch.Size
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # fp64 stays on torch (fp32 kernels)
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
@@ -46,7 +47,7 @@ def resolve_impl(impl: str, x: Tensor) -> str:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
-    if x.is_cuda and caps.has_triton():
+    if x.is_cuda and caps.has_triton() and x.dtype in _TRITON_DTYPES:
         return "triton"
     return "torch"
 
