@@ -206,13 +206,17 @@ def _plot(
         for name, runs in by_opt.items():
             steps = [st for st, _ in runs[0]]
             mean = [statistics.fmean(r[i][1] for r in runs) for i in range(len(steps))]
-            ax.plot(steps, mean, label=f"{name} (mean of {len(runs)} seeds)")
+            ax.plot(
+                steps,
+                mean,
+                label=f"{name} (mean of {len(runs)} seed{'s' if len(runs) > 1 else ''})",
+            )
         final = statistics.fmean(r[-1][1] for r in by_opt["AdamW"])
         ax.axhline(final, color="grey", ls="--", lw=0.8, label="AdamW final")
         ax.set_xlabel("training step [optimizer steps]")
         ax.set_ylabel("held-out cross-entropy [nats]")
         ax.set_title(task)
-        ax.set_ylim(top=min(ax.get_ylim()[1], 3 * final + 0.5))
+        ax.set_ylim(top=min(ax.get_ylim()[1], 1.6 * final))
         ax.legend()
     fig.suptitle("Adan vs AdamW: same budget and schedule")
     return ctx.save_figure(fig, "adan_vs_adamw.png")
