@@ -261,7 +261,8 @@ class LayerNormLSTM(_LayerNormRNNBase):
     """Layer-normalised LSTM, drop-in for ``torch.nn.LSTM`` (paper supplement eqs. 20-22).
 
     Extra keyword-only args: ``layer_norm`` (False: exactly ``nn.LSTM``), ``ln_eps``,
-    ``variant`` (``"paper"`` | ``"per_gate"``), ``impl`` (``"auto"|"naive"|"hoisted"|"compile"``).
+    ``variant`` (``"paper"`` | ``"per_gate"``),
+    ``impl`` (``"auto"|"naive"|"hoisted"|"fused"|"compile"``; auto = fused BPTT).
     Forward returns ``(output, (h_n, c_n))``.
     """
 

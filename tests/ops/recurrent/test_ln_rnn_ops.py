@@ -133,7 +133,7 @@ def _inputs(seed: int):
     return tuple(_rand(g, *s, scale=1.0) for s in ((T, B, I), (B, H), (B, H)))
 
 
-@pytest.mark.parametrize("impl", ["naive", "hoisted"])
+@pytest.mark.parametrize("impl", ["naive", "hoisted", "fused"])
 @pytest.mark.parametrize("variant", ["paper", "per_gate"])
 def test_ln_lstm_matches_equations(impl: str, variant: str) -> None:
     x, h0, c0 = _inputs(0)
@@ -172,13 +172,20 @@ CASES = [
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 @pytest.mark.parametrize("layer_norm", [True, False], ids=["ln", "noln"])
 @pytest.mark.parametrize("variant", ["paper", "per_gate"])
-def test_hoisted_equals_naive_with_grads(
-    name: str, reverse: bool, lengths: list[int] | None, mode: str, layer_norm: bool, variant: str
+@pytest.mark.parametrize("fast", ["hoisted", "fused"])
+def test_fast_paths_equal_naive_with_grads(
+    name: str,
+    reverse: bool,
+    lengths: list[int] | None,
+    mode: str,
+    layer_norm: bool,
+    variant: str,
+    fast: str,
 ) -> None:
     x, h0, c0 = _inputs(4)
     lens = None if lengths is None else torch.tensor(lengths)
     res = []
-    for impl in ("naive", "hoisted"):
+    for impl in ("naive", fast):
         kw = {
             "layer_norm": layer_norm,
             "lengths": lens,
@@ -238,12 +245,14 @@ def test_gradcheck_tiny() -> None:
     p = lstm_params(11)
     leaves = [x, h0, c0, *p.tensors()]
 
-    def f(*ts: torch.Tensor):
-        q = LSTMParams(*ts[3:])
-        out, (h, c) = ln_lstm(ts[0], (ts[1], ts[2]), q, impl="hoisted")
-        return out, h, c
+    for impl in ("hoisted", "fused"):
 
-    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-5, fast_mode=True)
+        def f(*ts: torch.Tensor, impl: str = impl):
+            q = LSTMParams(*ts[3:])
+            out, (h, c) = ln_lstm(ts[0], (ts[1], ts[2]), q, impl=impl)
+            return out, h, c
+
+        assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-5, fast_mode=True), impl
     pg = gru_params(12)
 
     def fg(*ts: torch.Tensor):

@@ -1,8 +1,10 @@
 """Layer-normalised LSTM / GRU ops (one layer, one direction, time-major), spec layernorm.md §2.
 
 ``impl`` selects the path: ``"naive"`` (per-step reference), ``"hoisted"`` (input path hoisted out
-of the loop; the default), ``"compile"`` (hoisted with ``torch.compile`` of the step; needs a
-working inductor backend) or ``"auto"`` (= ``"hoisted"``). Multi-layer, bidirectional and packed
+of the loop, autograd through the loop), ``"fused"`` (LN-LSTM, paper variant: hoisted input path and
+a hand-written backward through time, :mod:`.fused`; other cases run ``"hoisted"``), ``"compile"``
+(hoisted with ``torch.compile`` of the step; needs a working inductor backend) or ``"auto"``
+(``"fused"`` for the LSTM, ``"hoisted"`` for the GRU). Multi-layer, bidirectional and packed
 inputs are handled by :mod:`batchcraft.nn.rnn` on top of these.
 
 Example::
@@ -19,7 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from batchcraft.ops.recurrent.hoisted import _gru_step, _lstm_step, hoisted_ln_gru, hoisted_ln_lstm
+from batchcraft.ops.recurrent.hoisted import (
+    _gru_step,
+    _lstm_step,
+    hoisted_ln_gru,
+    hoisted_ln_lstm,
+    lstm_input_path,
+)
 from batchcraft.ops.recurrent.naive import naive_ln_gru, naive_ln_lstm
 from batchcraft.ops.recurrent.params import VARIANTS, GRUParams, LSTMParams, check_variant
 
@@ -36,7 +44,7 @@ __all__ = [
     "naive_ln_lstm",
 ]
 
-IMPLS = ("auto", "naive", "hoisted", "compile")
+IMPLS = ("auto", "naive", "hoisted", "fused", "compile")
 
 
 @functools.cache
@@ -59,10 +67,15 @@ def _check(x: Tensor, state: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor, gat
             raise ValueError(f"state must be [B, H] = [{x.shape[1]}, {hid}], got {tuple(s.shape)}")
 
 
-def _impl(impl: str) -> str:
+def _has_ln(p: LSTMParams) -> bool:
+    names = ("ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
+    return all(getattr(p, n) is not None for n in names)
+
+
+def _impl(impl: str, auto: str = "hoisted") -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    return "hoisted" if impl == "auto" else impl
+    return auto if impl == "auto" else impl
 
 
 def ln_lstm(
@@ -92,20 +105,30 @@ def ln_lstm(
             cell carried).
         lengths: ``[B]`` valid steps per row (padded positions output 0 and hold the state).
         reverse: process the sequence backwards (the reverse direction of a bidirectional layer).
-        impl: ``"auto" | "naive" | "hoisted" | "compile"``.
+        impl: ``"auto" | "naive" | "hoisted" | "fused" | "compile"``.
 
     Returns:
         ``(out [T, B, H], (h_n [B, H], c_n [B, H]))``.
     """
     _check(x, hx, params.weight_ih, params.weight_hh, 4)
     check_variant(variant)
-    path = _impl(impl)
+    path = _impl(impl, auto="fused")
     kw: dict[str, Any] = {
         "layer_norm": layer_norm, "eps": eps, "variant": variant, "lengths": lengths,
         "reverse": reverse,
     }  # fmt: skip
     if path == "naive":
         return naive_ln_lstm(x, hx, params, **kw)
+    if path == "fused" and layer_norm and variant == "paper" and _has_ln(params):
+        from batchcraft.ops.recurrent.fused import fused_ln_lstm_loop
+
+        gi = lstm_input_path(x, params, layer_norm=True, eps=eps, groups=1)  # [T, B, 4H]
+        p = params
+        out, h, c = fused_ln_lstm_loop(
+            gi, hx[0], hx[1], p.weight_hh, p.ln_hh_weight, p.ln_hh_bias,  # type: ignore[arg-type]
+            p.ln_c_weight, p.ln_c_bias, eps, lengths, reverse,  # type: ignore[arg-type]
+        )  # fmt: skip
+        return out, (h, c)
     step = _compiled(_lstm_step) if path == "compile" else None
     return hoisted_ln_lstm(x, hx, params, step=step, **kw)
 

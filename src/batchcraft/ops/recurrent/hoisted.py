@@ -16,7 +16,7 @@ from batchcraft.ops.recurrent.gates import gate_ln, gru_pointwise, lstm_pointwis
 from batchcraft.ops.recurrent.naive import step_mask
 from batchcraft.ops.recurrent.params import GRUParams, LSTMParams
 
-__all__ = ["hoisted_ln_gru", "hoisted_ln_lstm"]
+__all__ = ["hoisted_ln_gru", "hoisted_ln_lstm", "lstm_input_path"]
 
 LSTMStep = Callable[..., tuple[Tensor, Tensor]]
 GRUStep = Callable[..., Tensor]
@@ -99,6 +99,19 @@ def _run(
     return torch.stack(outs), state
 
 
+def lstm_input_path(
+    x: Tensor, p: LSTMParams, *, layer_norm: bool, eps: float, groups: int
+) -> Tensor:
+    """``LN_ih(W_ih x_t) + b_ih + b_hh`` for all steps at once: ``[T, B, I] -> [T, B, 4H]``."""
+    gi = _input_path(x, p.weight_ih)
+    if layer_norm:
+        gi = gate_ln(gi, p.ln_ih_weight, p.ln_ih_bias, eps, groups)
+    for b in (p.bias_ih, p.bias_hh):
+        if b is not None:
+            gi = gi + b
+    return gi
+
+
 def hoisted_ln_lstm(
     x: Tensor,
     hx: tuple[Tensor, Tensor],
@@ -123,12 +136,7 @@ def hoisted_ln_lstm(
         ``(out [T, B, H], (h_n, c_n))``.
     """
     groups = 4 if variant == "per_gate" else 1
-    gi = _input_path(x, p.weight_ih)  # [T, B, 4H]
-    if layer_norm:
-        gi = gate_ln(gi, p.ln_ih_weight, p.ln_ih_bias, eps, groups)
-    for b in (p.bias_ih, p.bias_hh):
-        if b is not None:
-            gi = gi + b
+    gi = lstm_input_path(x, p, layer_norm=layer_norm, eps=eps, groups=groups)  # [T, B, 4H]
     args = (
         p.weight_hh, p.ln_hh_weight, p.ln_hh_bias, p.ln_c_weight, p.ln_c_bias,
         eps, groups, layer_norm, variant == "per_gate",
