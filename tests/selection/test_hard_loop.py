@@ -210,35 +210,51 @@ def test_loop_errors():
         run(0.5, epochs=0)
 
 
-def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
-    import torch.distributed as dist
+_DDP_WORKER = """
+import sys, torch, torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    ds = CountingDataset()
-    # Different data per rank would give different local losses; the schedule averages them.
-    ds.x = ds.x + 0.3 * rank
-    model = nn.parallel.DistributedDataParallel(make_model())
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    log = train_high_loss(model, supervised_loss(), opt, ds, batch_size=8, delta=0.3, epochs=3)
-    torch.save({"ids": log.batch_ids, "params": params(model), "count": sum(ds.count_list())},
-               f"{out}.{rank}")  # fmt: skip
-    dist.destroy_process_group()
+rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+g = torch.Generator().manual_seed(0)
+x = torch.randn(60, 5, generator=g)
+y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+x = x + 0.3 * rank  # different local losses per rank; the schedule averages them
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(
+    nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)))
+opt = torch.optim.SGD(model.parameters(), lr=0.2)
+log = train_high_loss(model, supervised_loss(), opt, TensorDataset(x, y), batch_size=8,
+                      delta=0.3, epochs=3)
+torch.save({"ids": log.batch_ids, "loaded": log.samples_loaded,
+            "params": [p.detach().clone() for p in model.parameters()]}, f"{out}.{rank}")
+dist.destroy_process_group()
+"""
 
 
 def test_ddp_ranks_agree_on_selection(tmp_path):
-    init = f"file://{tmp_path / 'rendezvous'}"
-    ctx = mp.get_context("fork")  # fork: the test module is not importable by name in a child
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, init, str(tmp_path / "res")))
+    # Separate interpreters (not fork): forking a threaded test process can deadlock gloo/OpenMP.
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    init, out = f"file://{tmp_path / 'rendezvous'}", str(tmp_path / "res")
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", init, out])
              for r in range(2)]  # fmt: skip
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0]
     r0, r1 = (torch.load(tmp_path / f"res.{r}") for r in range(2))
     assert r0["ids"] == r1["ids"] and len(r0["ids"]) == 21
-    assert r0["count"] == r1["count"] == 21 * 4  # each rank loads its half of every batch
+    assert r0["loaded"] == r1["loaded"] == 21 * 4  # each rank loads its half of every batch
     for a, b in zip(r0["params"], r1["params"], strict=True):
         assert torch.equal(a, b)
 
