@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from batchcraft.ops.lact.api import Schedule
@@ -50,7 +51,7 @@ __all__ = [
     "swiglu_apply",
 ]
 
-IMPLS: tuple[str, ...] = ("auto", "naive", "chunk", "triton")
+IMPLS: tuple[str, ...] = ("auto", "naive", "chunk", "bf16", "compiled", "triton")
 
 
 def _triton_impl() -> Callable[..., tuple[Tensor, LaCTState]] | None:
@@ -68,14 +69,26 @@ def _triton_impl() -> Callable[..., tuple[Tensor, LaCTState]] | None:
 
 
 def resolve_impl(impl: str, q: Tensor) -> Callable[..., tuple[Tensor, LaCTState]]:
-    """The implementation ``lact(..., impl=impl)`` runs: ``auto`` = Triton on CUDA when available,
-    else ``chunk``."""
+    """The implementation ``lact(..., impl=impl)`` runs.
+
+    ``auto`` = Triton on CUDA when available; else ``bf16`` (fp32 state, bf16 matmuls) for
+    bf16/fp16 inputs; else ``chunk``. ``chunk`` runs in the input dtype as given; ``compiled``
+    is the chunk path with a ``torch.compile``d chunk step (pays a one-off compile).
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "naive":
         return naive_lact
     if impl == "chunk":
         return chunk_lact
+    if impl == "bf16":
+        from batchcraft.ops.lact.bf16 import bf16_lact
+
+        return bf16_lact
+    if impl == "compiled":
+        from batchcraft.ops.lact.compiled import compiled_lact
+
+        return compiled_lact
     tri = _triton_impl() if (impl == "triton" or q.is_cuda) else None
     if impl == "triton":
         if tri is None:
@@ -83,7 +96,13 @@ def resolve_impl(impl: str, q: Tensor) -> Callable[..., tuple[Tensor, LaCTState]
                 "impl='triton' needs Triton and batchcraft.ops.lact.triton; use impl='chunk'"
             )
         return tri
-    return tri if tri is not None else chunk_lact
+    if tri is not None:
+        return tri
+    if q.dtype in (torch.bfloat16, torch.float16):
+        from batchcraft.ops.lact.bf16 import bf16_lact
+
+        return bf16_lact
+    return chunk_lact
 
 
 def lact(
@@ -128,7 +147,8 @@ def lact(
         fast_weight: ``"swiglu"`` or ``"linear"``.
         cu_seqlens: packed document boundaries [0, ..., T] (B = 1); the state resets per document
             and the returned state is that of the last document.
-        impl: ``"auto"`` | ``"naive"`` | ``"chunk"`` | ``"triton"``.
+        impl: ``"auto"`` | ``"naive"`` | ``"chunk"`` | ``"bf16"`` | ``"compiled"`` | ``"triton"``
+            (see :func:`resolve_impl`).
         loss: inner loss ``"neg_dot"`` (paper) or ``"mse"``.
         inner_steps: descent steps per update (experimental; 1 in the paper).
         check: also validate NaN/inf and the beta range (costs a device sync).

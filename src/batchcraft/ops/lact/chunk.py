@@ -76,6 +76,10 @@ class _SiluGradMul(torch.autograd.Function):
 
 
 class _ChunkBackend(Backend):
+    # the no-grad loop writes into reused fp32 buffers (out= variants); subclasses that replace
+    # ``_step`` (compiled, Triton) turn it off, and it is skipped under autocast (bf16 path)
+    inference_fast = True
+
     def __init__(self, cfg: UpdateConfig, recompute: bool) -> None:
         super().__init__(cfg)
         self.recompute = recompute
@@ -231,7 +235,11 @@ class _ChunkBackend(Backend):
         qs, ks, vs, lrs = (x.split(C, dim=1) for x in (q, k, v, lr))
         bs = [None] * n if beta is None else beta.split(C, dim=1)
         fast = (
-            not torch.is_grad_enabled() and self.cfg.loss == "neg_dot" and self.cfg.inner_steps == 1
+            self.inference_fast
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(q.device.type)
+            and self.cfg.loss == "neg_dot"
+            and self.cfg.inner_steps == 1
         )
         if fast:
             Dh = w[2].shape[-1]
