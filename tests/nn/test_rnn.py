@@ -219,8 +219,9 @@ def test_errors() -> None:
         LayerNormLSTMCell(3, 5)(torch.randn(2, 3), (torch.zeros(3, 5), torch.zeros(3, 5)))
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
 @pytest.mark.parametrize("impl", ["hoisted", "fused"])
-def test_module_fast_paths_equal_naive(impl: str) -> None:
+def test_module_fast_paths_equal_naive(impl: str, mode: str) -> None:
     """Multi-layer, bidirectional, packed: the module's fast paths == its reference, grads included."""
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     lens = torch.tensor([3, 6, 1, 4])

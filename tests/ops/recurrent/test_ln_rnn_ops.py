@@ -144,7 +144,7 @@ def test_ln_lstm_matches_equations(impl: str, variant: str) -> None:
         assert_close(a, b, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("impl", ["naive", "hoisted"])
+@pytest.mark.parametrize("impl", ["naive", "hoisted", "fused"])
 def test_ln_gru_matches_equations(impl: str) -> None:
     x, h0, _ = _inputs(2)
     p = gru_params(3)
@@ -255,11 +255,15 @@ def test_gradcheck_tiny() -> None:
         assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-5, fast_mode=True), impl
     pg = gru_params(12)
 
-    def fg(*ts: torch.Tensor):
-        out, h = ln_gru(ts[0], ts[1], GRUParams(*ts[2:]), impl="hoisted")
-        return out, h
+    for impl in ("hoisted", "fused"):
 
-    assert torch.autograd.gradcheck(fg, [x, h0, *pg.tensors()], eps=1e-6, atol=1e-5, fast_mode=True)
+        def fg(*ts: torch.Tensor, impl: str = impl):
+            out, h = ln_gru(ts[0], ts[1], GRUParams(*ts[2:]), impl=impl)
+            return out, h
+
+        assert torch.autograd.gradcheck(
+            fg, [x, h0, *pg.tensors()], eps=1e-6, atol=1e-5, fast_mode=True
+        ), impl
 
 
 def test_errors() -> None:

@@ -1,10 +1,10 @@
 """Layer-normalised LSTM / GRU ops (one layer, one direction, time-major), spec layernorm.md §2.
 
 ``impl`` selects the path: ``"naive"`` (per-step reference), ``"hoisted"`` (input path hoisted out
-of the loop, autograd through the loop), ``"fused"`` (LN-LSTM, paper variant: hoisted input path and
-a hand-written backward through time, :mod:`.fused`; other cases run ``"hoisted"``), ``"compile"``
+of the loop, autograd through the loop), ``"fused"`` (LN-LSTM / LN-GRU, paper variant: hoisted input
+path and a hand-written backward through time, :mod:`.fused`; other cases run ``"hoisted"``), ``"compile"``
 (hoisted with ``torch.compile`` of the step; needs a working inductor backend) or ``"auto"``
-(``"fused"`` for the LSTM, ``"hoisted"`` for the GRU). Multi-layer, bidirectional and packed
+(``"fused"`` where it applies, else ``"hoisted"``). Multi-layer, bidirectional and packed
 inputs are handled by :mod:`batchcraft.nn.rnn` on top of these.
 
 Example::
@@ -24,6 +24,7 @@ from torch import Tensor
 from batchcraft.ops.recurrent.hoisted import (
     _gru_step,
     _lstm_step,
+    gru_input_path,
     hoisted_ln_gru,
     hoisted_ln_lstm,
     lstm_input_path,
@@ -162,12 +163,28 @@ def ln_gru(
     """
     _check(x, (h0,), params.weight_ih, params.weight_hh, 3)
     check_variant(variant)
-    path = _impl(impl)
+    path = _impl(impl, auto="fused")
     kw: dict[str, Any] = {
         "layer_norm": layer_norm, "eps": eps, "variant": variant, "lengths": lengths,
         "reverse": reverse,
     }  # fmt: skip
     if path == "naive":
         return naive_ln_gru(x, h0, params, **kw)
+    gru_ln = ("ln_hh_rz_weight", "ln_hh_rz_bias", "ln_hh_n_weight", "ln_hh_n_bias")
+    if (
+        path == "fused"
+        and layer_norm
+        and variant == "paper"
+        and all(getattr(params, n) is not None for n in gru_ln)
+    ):
+        from batchcraft.ops.recurrent.fused import fused_ln_gru_loop
+
+        p = params
+        gi, b_hn = gru_input_path(x, p, layer_norm=True, eps=eps, groups=1)  # [T, B, 3H]
+        ln_n_b = p.ln_hh_n_bias if b_hn is None else p.ln_hh_n_bias + b_hn  # type: ignore[operator]
+        return fused_ln_gru_loop(
+            gi, h0, p.weight_hh, p.ln_hh_rz_weight, p.ln_hh_rz_bias,  # type: ignore[arg-type]
+            p.ln_hh_n_weight, ln_n_b, eps, lengths, reverse,  # type: ignore[arg-type]
+        )  # fmt: skip
     step = _compiled(_gru_step) if path == "compile" else None
     return hoisted_ln_gru(x, h0, params, step=step, **kw)

@@ -16,7 +16,7 @@ from batchcraft.ops.recurrent.gates import gate_ln, gru_pointwise, lstm_pointwis
 from batchcraft.ops.recurrent.naive import step_mask
 from batchcraft.ops.recurrent.params import GRUParams, LSTMParams
 
-__all__ = ["hoisted_ln_gru", "hoisted_ln_lstm", "lstm_input_path"]
+__all__ = ["gru_input_path", "hoisted_ln_gru", "hoisted_ln_lstm", "lstm_input_path"]
 
 LSTMStep = Callable[..., tuple[Tensor, Tensor]]
 GRUStep = Callable[..., Tensor]
@@ -145,6 +145,30 @@ def hoisted_ln_lstm(
     return out, (h, c)
 
 
+def gru_input_path(
+    x: Tensor, p: GRUParams, *, layer_norm: bool, eps: float, groups: int
+) -> tuple[Tensor, Tensor | None]:
+    """Hoisted GRU input path ``[T, B, 3H]`` (with ``b_ih`` and ``b_h{r,z}``) and the ``b_hn`` left over."""
+    hid = p.hidden_size
+    gi = _input_path(x, p.weight_ih)  # [T, B, 3H]
+    if layer_norm:
+        i_rz, i_n = gi.split([2 * hid, hid], dim=-1)
+        gi = torch.cat(
+            [
+                gate_ln(i_rz, p.ln_ih_rz_weight, p.ln_ih_rz_bias, eps, groups),
+                gate_ln(i_n, p.ln_ih_n_weight, p.ln_ih_n_bias, eps, 1),
+            ],
+            -1,
+        )
+    if p.bias_ih is not None:
+        gi = gi + p.bias_ih
+    bias_hh_n = None
+    if p.bias_hh is not None:
+        b_rz, bias_hh_n = p.bias_hh.split([2 * hid, hid])
+        gi = gi + torch.cat([b_rz, torch.zeros_like(bias_hh_n)])  # b_h{r,z} hoisted, b_hn stays
+    return gi, bias_hh_n
+
+
 def hoisted_ln_gru(
     x: Tensor,
     h0: Tensor,
@@ -162,24 +186,8 @@ def hoisted_ln_gru(
     Returns:
         ``(out [T, B, H], h_n [B, H])``.
     """
-    hid = h0.shape[-1]
     groups = 2 if variant == "per_gate" else 1
-    gi = _input_path(x, p.weight_ih)  # [T, B, 3H]
-    if layer_norm:
-        i_rz, i_n = gi.split([2 * hid, hid], dim=-1)
-        gi = torch.cat(
-            [
-                gate_ln(i_rz, p.ln_ih_rz_weight, p.ln_ih_rz_bias, eps, groups),
-                gate_ln(i_n, p.ln_ih_n_weight, p.ln_ih_n_bias, eps, 1),
-            ],
-            -1,
-        )
-    if p.bias_ih is not None:
-        gi = gi + p.bias_ih
-    bias_hh_n = None
-    if p.bias_hh is not None:
-        b_rz, bias_hh_n = p.bias_hh.split([2 * hid, hid])
-        gi = gi + torch.cat([b_rz, torch.zeros_like(bias_hh_n)])  # b_h{r,z} hoisted, b_hn stays
+    gi, bias_hh_n = gru_input_path(x, p, layer_norm=layer_norm, eps=eps, groups=groups)
     args = (
         p.weight_hh, bias_hh_n, p.ln_hh_rz_weight, p.ln_hh_rz_bias,
         p.ln_hh_n_weight, p.ln_hh_n_bias, eps, groups, layer_norm,
