@@ -72,7 +72,7 @@ def resolve_impl(impl: str, q: Tensor) -> Callable[..., tuple[Tensor, LaCTState]
     """The implementation ``lact(..., impl=impl)`` runs.
 
     ``auto`` = Triton on CUDA when available; else ``bf16`` (fp32 state, bf16 matmuls) for
-    bf16/fp16 inputs; else ``chunk``. ``chunk`` runs in the input dtype as given; ``compiled``
+    bf16/fp16 inputs or under ``torch.autocast``; else ``chunk``. ``chunk`` runs in the input dtype as given; ``compiled``
     is the chunk path with a ``torch.compile``d chunk step (pays a one-off compile).
     """
     if impl not in IMPLS:
@@ -98,7 +98,7 @@ def resolve_impl(impl: str, q: Tensor) -> Callable[..., tuple[Tensor, LaCTState]
         return tri
     if tri is not None:
         return tri
-    if q.dtype in (torch.bfloat16, torch.float16):
+    if q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled(q.device.type):
         from batchcraft.ops.lact.bf16 import bf16_lact
 
         return bf16_lact

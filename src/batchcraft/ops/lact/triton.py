@@ -283,7 +283,8 @@ def triton_lact(
     """Triton LaCT; the contract of :func:`batchcraft.ops.lact.lact`.
 
     fp32 inputs run with fp32 state and fp32 (IEEE) dots, bf16/fp16 inputs with fp32 state and
-    bf16 dot operands; float64 raises ``ValueError`` (use ``impl="chunk"``). ``recompute`` is implied.
+    bf16 dot operands (also when any of q, k, v is low precision, or under autocast, as
+    inside a layer run with ``torch.autocast``); float64 raises ``ValueError`` (use ``impl="chunk"``). ``recompute`` is implied.
     """
     kw: dict[str, Any] = dict(
         chunk_size=chunk_size,
@@ -304,6 +305,7 @@ def triton_lact(
             "impl='triton' computes in fp32 or bf16; pass float32/bfloat16 inputs or use "
             "impl='chunk' for float64"
         )
-    if isinstance(q, Tensor) and q.dtype in LOW_PRECISION:
+    low = any(isinstance(t, Tensor) and t.dtype in LOW_PRECISION for t in (q, k, v))
+    if low or (isinstance(q, Tensor) and torch.is_autocast_enabled(q.device.type)):
         return _MIXED(q, k, v, lr, state, **kw)
     return _triton_core(q, k, v, lr, state, **kw)
