@@ -223,3 +223,15 @@ def test_triton_backward_saves_only_weights_and_inputs() -> None:
     minimal = 3 * N * L * D + N * L * 4 + n * 3 * N * D * Dh + 3 * N * Dh
     assert saved["triton"] < 2 * minimal, saved
     assert saved["triton"] < 0.3 * saved["chunk"], saved
+
+
+def test_swiglu_apply_writes_into_a_chunk_slice_and_checks_out() -> None:
+    g = torch.Generator().manual_seed(9)
+    w = _weights(2, 12, 20, g)
+    x = torch.randn(2, 30, 12, generator=g)
+    whole = torch.zeros(2, 30, 12)
+    tk.swiglu_apply(*w, x[:, 10:25], out=whole[:, 10:25])
+    torch.testing.assert_close(whole[:, 10:25], apply_rows(w, x[:, 10:25]), rtol=1e-5, atol=1e-5)
+    assert whole[:, :10].abs().sum() == 0 and whole[:, 25:].abs().sum() == 0
+    with pytest.raises(ValueError, match="out must be fp32"):
+        tk.swiglu_apply(*w, x, out=torch.empty(2, 30, 12, dtype=torch.float64))

@@ -53,6 +53,7 @@ def triton_step(
     cfg: UpdateConfig,
     *,
     mm_bf16: bool = False,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Triple, Triple | None, Triple | None]:
     """One apply-then-update chunk with the kernels (no graph); the maths of the chunk step.
 
@@ -62,11 +63,12 @@ def triton_step(
         q, k, v: [N, C, D] (row stride D); lr: [N, C, 3]; beta: [N, C, 1] or None.
         cfg: update options (neg_dot loss, one inner step).
         mm_bf16: bf16 dot operands.
+        out: where to write o (fp32 [N, C, D], row stride D), e.g. a slice of the whole output.
 
     Returns:
         (o [N, C, D] fp32, new weights, new accumulators, new momentum buffers).
     """
-    o = swiglu_apply(*w, q, mm_bf16=mm_bf16)
+    o = swiglu_apply(*w, q, mm_bf16=mm_bf16, out=out)
     delta = inner_grad(*w, k, v, lr, mm_bf16=mm_bf16)
     mu = None if beta is None else beta.float().mean(dim=1).reshape(-1)  # [N]
     base = acc if cfg.weight_norm == "pre" else w
@@ -132,8 +134,19 @@ class LaCTChunks(torch.autograd.Function):
                     saved.extend(part)
             bj = None if beta is None else beta[:, sl]
             assert w is not None
-            o[:, sl], w, acc, mom = triton_step(
-                w, acc, mom, rho, q[:, sl], k[:, sl], v[:, sl], lr[:, sl], bj, cfg, mm_bf16=mm_bf16
+            _, w, acc, mom = triton_step(
+                w,
+                acc,
+                mom,
+                rho,
+                q[:, sl],
+                k[:, sl],
+                v[:, sl],
+                lr[:, sl],
+                bj,
+                cfg,
+                mm_bf16=mm_bf16,
+                out=o[:, sl],  # written in place: no per-chunk output copy
             )
         ctx.meta = meta
         ctx.has_beta = beta is not None

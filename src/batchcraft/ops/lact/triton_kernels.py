@@ -170,13 +170,29 @@ def _update_kernel(
     tl.store(OUT_W + off, x, mask=mask)
 
 
-def swiglu_apply(wg: Tensor, wu: Tensor, wd: Tensor, x: Tensor, *, mm_bf16: bool = False) -> Tensor:
-    """``f_W(x)`` for folded heads. x: [N, S, D] (row stride D); weights fp32 contiguous -> [N, S, D] fp32."""
+def swiglu_apply(
+    wg: Tensor,
+    wu: Tensor,
+    wd: Tensor,
+    x: Tensor,
+    *,
+    mm_bf16: bool = False,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``f_W(x)`` for folded heads. x: [N, S, D] (row stride D); weights fp32 contiguous.
+
+    Returns [N, S, D] fp32, written into ``out`` when given (fp32, row stride D, e.g. a chunk
+    slice of the whole output).
+    """
     N, S, D = x.shape
     Dh = wg.shape[1]
     if x.stride(2) != 1 or x.stride(1) != D:
         x = x.contiguous()
-    o = torch.empty(N, S, D, device=x.device, dtype=torch.float32)
+    if out is not None and (
+        out.shape != x.shape or out.dtype != torch.float32 or out.stride()[1:] != (D, 1)
+    ):
+        raise ValueError("out must be fp32 [N, S, D] with row stride D")
+    o = torch.empty(N, S, D, device=x.device, dtype=torch.float32) if out is None else out
     BD = _block(D, 1 << 30)
     BM = 64 if BD <= 256 else 32
     BH = _block(Dh, 64 if BD <= 256 else 32)
