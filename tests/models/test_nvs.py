@@ -1,0 +1,149 @@
+"""LaCT-NVS toy: reconstruct/render split, set symmetries, shapes, baseline parity, training, SSIM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_close
+
+from batchcraft.data.scenes import SceneViews, render_dataset
+from batchcraft.models.nvs import (
+    NVS_PRESETS,
+    NVSConfig,
+    NVSModel,
+    attention_baseline,
+    nvs_tiny,
+)
+from batchcraft.models.nvs_train import (
+    TrainConfig,
+    evaluate_nvs,
+    load_nvs,
+    psnr,
+    save_grid,
+    split_views,
+    ssim,
+    train_nvs,
+)
+
+SMALL = NVSConfig(image_size=16, patch=4, hidden=32, layers=2, attn_head_dim=16, muon_steps=3)
+MIXERS = ["lact", "attention"]
+
+
+@pytest.fixture(scope="module")
+def data() -> SceneViews:
+    return render_dataset("train", num_scenes=6, num_views=7, size=16)
+
+
+def _model(mixer: str, seed: int = 0) -> NVSModel:
+    torch.manual_seed(seed)
+    cfg = SMALL if mixer == "lact" else attention_baseline(SMALL)
+    return NVSModel(cfg).double().eval()
+
+
+def _split(data: SceneViews, n_in: int = 3, n_tgt: int = 2) -> tuple[SceneViews, SceneViews]:
+    inp, tgt = split_views(data, torch.arange(2), n_in, n_tgt, None)
+    cast = lambda s: SceneViews(*(t.double() for t in (s.images, s.origins, s.dirs, s.K, s.c2w)))  # noqa: E731
+    return cast(inp), cast(tgt)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_reconstruct_render_equals_single_forward(data: SceneViews, mixer: str) -> None:
+    m = _model(mixer)
+    inp, tgt = _split(data)
+    joint = m(inp.images, inp.origins, inp.dirs, tgt.origins, tgt.dirs)
+    state = m.reconstruct(inp.images, inp.origins, inp.dirs)
+    split = m.render(state, tgt.origins, tgt.dirs)
+    assert joint.shape == (2, 2, 3, 16, 16)
+    assert ((joint >= 0) & (joint <= 1)).all()
+    assert_close(split, joint, rtol=1e-10, atol=1e-12, msg=mixer)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_render_invariant_to_input_order_equivariant_in_targets(
+    data: SceneViews, mixer: str
+) -> None:
+    m = _model(mixer)
+    inp, tgt = _split(data, n_in=4, n_tgt=3)
+    ref = m.render(m.reconstruct(inp.images, inp.origins, inp.dirs), tgt.origins, tgt.dirs)
+    p_in, p_t = torch.tensor([2, 0, 3, 1]), torch.tensor([1, 2, 0])
+    st = m.reconstruct(inp.images[:, p_in], inp.origins[:, p_in], inp.dirs[:, p_in])
+    out = m.render(st, tgt.origins[:, p_t], tgt.dirs[:, p_t])
+    assert_close(out, ref[:, p_t], rtol=1e-9, atol=1e-11, msg=mixer)
+    # the inputs do matter: dropping one view changes the rendering
+    st2 = m.reconstruct(inp.images[:, :3], inp.origins[:, :3], inp.dirs[:, :3])
+    assert not torch.allclose(m.render(st2, tgt.origins, tgt.dirs), ref, atol=1e-6)
+
+
+def test_lact_state_size_independent_of_views(data: SceneViews) -> None:
+    m, a = _model("lact"), _model("attention")
+    sizes = {}
+    for n in (2, 4):
+        inp, _ = _split(data, n_in=n, n_tgt=1)
+        sizes[n] = (
+            m.reconstruct(inp.images, inp.origins, inp.dirs).numel(),
+            a.reconstruct(inp.images, inp.origins, inp.dirs).numel(),
+        )
+    assert sizes[2][0] == sizes[4][0]  # fast weights: fixed size
+    assert sizes[4][1] == 2 * sizes[2][1]  # keys/values: linear in the views
+
+
+def test_baseline_has_equal_parameters() -> None:
+    for cfg in (SMALL, nvs_tiny()):
+        n_l = sum(p.numel() for p in NVSModel(cfg).parameters())
+        n_a = sum(p.numel() for p in NVSModel(attention_baseline(cfg)).parameters())
+        assert abs(n_l - n_a) / n_l < 0.01
+
+
+def test_paper_preset_parameter_count() -> None:
+    with torch.device("meta"):
+        m = NVSModel(NVS_PRESETS["lact_nvs_l24_d768_ttt2x"]())
+    n = sum(p.numel() for p in m.parameters())
+    assert 305e6 < n < 320e6  # spec: ~312M incl. 84.9M fast weights
+    fast = sum(p.numel() for name, p in m.named_parameters() if ".w_" in name)
+    assert fast == 24 * 3 * 768 * 1536
+
+
+def test_config_and_input_errors(data: SceneViews) -> None:
+    with pytest.raises(ValueError, match="multiple of patch"):
+        NVSConfig(image_size=30, patch=8)
+    with pytest.raises(ValueError, match="mixer must be"):
+        NVSConfig(mixer="rnn")
+    m = _model("lact")
+    inp, _ = _split(data)
+    with pytest.raises(ValueError, match=r"\[B, V, 16, 16, 3\]"):
+        m.reconstruct(inp.images, inp.origins[..., :8, :, :], inp.dirs)
+    with pytest.raises(ValueError, match="n_in"):
+        split_views(data, torch.arange(2), 6, 2, None)
+
+
+def test_ssim_known_values() -> None:
+    a = torch.full((1, 3, 16, 16), 0.5)
+    b = torch.full((1, 3, 16, 16), 0.25)
+    c1 = 0.01**2
+    expected = (2 * 0.5 * 0.25 + c1) / (0.5**2 + 0.25**2 + c1)  # constant images: luminance only
+    assert float(ssim(a, b)) == pytest.approx(expected, rel=1e-5)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+    assert float(ssim(x, 1 - x).mean()) < 0.0  # anti-correlated structure
+    assert float(psnr(a, b)) == pytest.approx(-10 * torch.log10(torch.tensor(0.0625)).item())
+
+
+def test_twenty_step_training_lowers_loss_and_resumes(data: SceneViews, tmp_path) -> None:
+    torch.manual_seed(0)
+    m = NVSModel(SMALL)
+    cfg = TrainConfig(
+        steps=20, batch_size=3, lr=3e-3, warmup=2, input_views=(3,), checkpoint_every=10
+    )
+    ck = tmp_path / "nvs.pt"
+    hist = train_nvs(m, data, cfg, checkpoint=ck)
+    first, last = sum(hist["losses"][:3]) / 3, sum(hist["losses"][-3:]) / 3
+    assert last < 0.7 * first, (first, last)
+    # resuming a finished run does no more steps and keeps the history
+    m2 = load_nvs(ck)
+    assert_close(m2.decode.weight, m.decode.weight, rtol=0, atol=0)
+    hist2 = train_nvs(NVSModel(SMALL), data, cfg, checkpoint=ck)
+    assert hist2["losses"] == hist["losses"]
+    r = evaluate_nvs(m, data, num_inputs=3, num_targets=2)
+    assert set(r) == {"psnr", "ssim", "psnr_mean_colour"}
+    png = save_grid(tmp_path / "g.png", [data.images[0, :3], data.images[1, :2]])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
