@@ -132,7 +132,7 @@ def _lstm_pair(
     "lnlstm", description="LN-LSTM/LN-GRU fwd and fwd+bwd vs nn.LSTM/GRU (no LN) vs naive loop"
 )
 def bench_lnlstm(quick: bool = False) -> dict[str, Any]:
-    """T=100, B in {16, 64}, H in {256, 512}: time per sequence batch and ratios to torch."""
+    """T=100, (B, H) in {(16, 256), (64, 256), (64, 512)}, I=H: ms per batch and ratios to torch."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t_len = 50 if quick else 100
     configs = [(16, 256)] if quick else [(16, 256), (64, 256), (64, 512)]
@@ -153,22 +153,28 @@ def bench_lnlstm(quick: bool = False) -> dict[str, Any]:
             if (a - b_).abs().max().item() > 1e-9:
                 raise RuntimeError(f"{mode}: hoisted != naive on the benchmark input")
             row: dict[str, Any] = {"rnn": mode, "T": t_len, "B": bsz, "H": hid}
-            named = [("torch (no LN)", ref), ("ours LN", ours), ("naive LN", naive)]
+            named = [("torch (no LN)", ref), ("ours LN", ours)]
+            if (
+                hid <= 256
+            ):  # the naive loop is slow; compare it where the target is set (B=64, H=256)
+                named.append(("naive LN", naive))
             if mode == "lstm":
                 named.insert(2, ("hoisted LN", hoisted))
             for name, m in named:
                 rep, warm = (1, 0) if name == "naive LN" else (3, 1)  # the naive loop is slow
-                tf = timeit(lambda m=m, x=x: m(x), warmup=warm, repeat=rep, device=device)
+                if name != "naive LN":  # the naive loop is timed fwd+bwd only
+                    tf = timeit(lambda m=m, x=x: m(x), warmup=warm, repeat=rep, device=device)
+                    row[f"{name} fwd ms"] = 1e3 * tf["min_s"]
                 tfb = timeit(
                     lambda m=m, x=x: m(x)[0].sum().backward(),
                     warmup=warm,
                     repeat=rep,
                     device=device,
                 )
-                row[f"{name} fwd ms"] = 1e3 * tf["min_s"]
                 row[f"{name} fwd+bwd ms"] = 1e3 * tfb["min_s"]
             row["ours/torch fwd+bwd"] = row["ours LN fwd+bwd ms"] / row["torch (no LN) fwd+bwd ms"]
-            row["naive/ours fwd+bwd"] = row["naive LN fwd+bwd ms"] / row["ours LN fwd+bwd ms"]
+            if "naive LN fwd+bwd ms" in row:
+                row["naive/ours fwd+bwd"] = row["naive LN fwd+bwd ms"] / row["ours LN fwd+bwd ms"]
             rows.append(row)
     print_table(rows, title=f"lnlstm on {device} ({torch.get_num_threads()} threads)")
     result = {"rows": rows, "device": device, "threads": torch.get_num_threads()}
