@@ -66,3 +66,17 @@ def test_train_curve_decreases_with_both_optimizers() -> None:
         )
         assert [st for st, _ in curve] == [0, 20, 40]
         assert curve[-1][1] < curve[0][1]
+
+
+def test_step_ratio_is_finite_when_adan_never_reaches_target() -> None:
+    from batchcraft.experiments.adan import step_ratio
+    from batchcraft.experiments.base import Metric
+
+    s = TaskSetting(steps=100, eval_every=25, batch=4, adamw={}, adan={})
+    adamw = [(0, 3.0), (25, 2.0), (50, 1.5), (75, 1.2), (100, 1.2)]
+    faster = [(0, 3.0), (25, 1.1), (50, 1.0), (75, 0.9), (100, 0.9)]
+    never = [(0, 3.0), (25, 2.5), (50, 2.0), (75, 1.5), (100, 1.3)]
+    assert step_ratio(faster, adamw, s) == 25 / 75
+    assert step_ratio(never, adamw, s) == 125 / 75  # censored one evaluation past the budget
+    m = Metric("ratio", [step_ratio(faster, adamw, s), step_ratio(never, adamw, s)])
+    assert math.isfinite(m.std) and m.format()
