@@ -154,10 +154,12 @@ def _batch_size_claim(seed: int, epochs: int) -> dict[str, float]:
             mk = (lambda d: LayerNorm(d)) if norm == "LayerNorm" else (lambda d: nn.BatchNorm1d(d))
             model = nn.Sequential(nn.Linear(64, 128), mk(128), nn.ReLU(), nn.Linear(128, 128), mk(128),
                                   nn.ReLU(), nn.Linear(128, 10))  # fmt: skip
-            for p in model.parameters():
-                if p.dim() > 1:
+            for lin in model:
+                if isinstance(lin, nn.Linear):  # weights and biases from the private generator
+                    bound = lin.in_features**-0.5
                     with torch.no_grad():
-                        p.uniform_(-(p.shape[1] ** -0.5), p.shape[1] ** -0.5, generator=g)
+                        lin.weight.uniform_(-bound, bound, generator=g)
+                        lin.bias.uniform_(-bound, bound, generator=g)
             opt = torch.optim.SGD(model.parameters(), lr=0.05 * math.sqrt(bs / 128), momentum=0.9)
             model.train()
             for _ in range(epochs):
