@@ -34,7 +34,8 @@ __all__ = [
 
 IMPLS = ("auto", "naive", "torch", "triton")
 ShapeLike = int | list[int] | tuple[int, ...] | torch.Size
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # fp64 stays on torch (fp32 kernels)
+# fp64 stays on torch: the Triton kernels compute in fp32
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
