@@ -10,6 +10,7 @@ Weights travel as a list of matrices: ``[gate, up, down]`` (SwiGLU) or ``[down]`
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,21 +48,23 @@ def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return b if a is None else torch.cat([a, b], dim=1)
 
 
-class Backend:
-    """One implementation of ``apply`` and ``grad`` in a fixed layout."""
+class Backend(abc.ABC):
+    """One implementation of ``apply`` and ``grad`` in a fixed layout (abstract)."""
 
     def __init__(self, cfg: UpdateConfig) -> None:
         self.cfg = cfg
 
+    @abc.abstractmethod
     def apply(self, w: Sequence[Tensor], q: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Implemented by each layout."""
 
+    @abc.abstractmethod
     def grad(self, w: Sequence[Tensor], k: Tensor, v: Tensor, lr: Tensor) -> list[Tensor]:
-        raise NotImplementedError
+        """Implemented by each layout."""
 
+    @abc.abstractmethod
     def mu(self, beta: Tensor) -> Tensor:
         """Chunk-mean momentum gate broadcastable to the weights, from beta of one range."""
-        raise NotImplementedError
 
     def stacked(self, w: Sequence[Tensor]) -> list[int]:
         """Per matrix, how many NS matrices are concatenated along dim -2."""
