@@ -13,6 +13,7 @@ from batchcraft.experiments.runner import run_experiments
 
 @pytest.fixture
 def fake_registry(monkeypatch):
+    registry.experiments()  # import the real modules first, so they register in the real dict
     monkeypatch.setattr(registry, "_EXPERIMENTS", dict(registry._EXPERIMENTS))
     calls: list[str] = []
 
@@ -74,6 +75,7 @@ def test_unknown_experiment_is_a_clear_error(tmp_path):
 
 
 def test_duplicate_registration_rejected(monkeypatch):
+    registry.experiments()
     monkeypatch.setattr(registry, "_EXPERIMENTS", {})
     registry.register_experiment("dup", paper="p", claim="c")(lambda ctx: None)
     with pytest.raises(ValueError, match="registered twice"):
@@ -84,3 +86,23 @@ def test_metric_formatting():
     assert Metric("m", [1.0]).format() == "1"
     assert Metric("m", [1.0, 3.0], unit="s").format() == "2 ± 1.414 s"
     assert Metric("m", []).format() == "n/a"
+
+
+def test_registry_covers_every_component():
+    """Each paper has its reproduction and each component its benchmark, registered by name."""
+    names = set(registry.experiments())
+    expected = {"lact-utilization", "lact-lm", "nvs", "adan", "layernorm", "hard-batches", "colm"}
+    expected |= {"zero-copy", "rphgnn"}
+    assert expected <= names, f"missing experiments: {expected - names}"
+    for spec in registry.experiments().values():
+        assert spec.paper and spec.claim and spec.quick_minutes > 0
+    benches = set(registry.benchmarks())
+    wanted = {"lact-op", "lact-decode", "lact-train", "lact-million", "adan", "norm", "lnlstm"}
+    wanted |= {"hard-batches", "colm", "gather", "rphgnn-scaling"}
+    assert wanted <= benches, f"missing benchmarks: {wanted - benches}"
+
+
+def test_quick_budget_fits_thirty_minutes():
+    """The declared --quick durations add up to the report's 30-minute target on 2 cores."""
+    total = sum(spec.quick_minutes for spec in registry.experiments().values())
+    assert total <= 30, f"--quick experiments declare {total} minutes in total"

@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 __all__ = ["console", "interactive", "progress_bar", "track"]
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines never wrap mid-sentence
 
 
 def interactive() -> bool:
