@@ -1,18 +1,39 @@
-"""batchcraft.data."""
+"""Datasets and generators: everything runs on embedded or generated data; real data is optional.
 
-# graph datasets (issue 8)
-from batchcraft.data.graphs import GraphData, load_planetoid, powerlaw_graph  # noqa: E402
+* LaCT LM: :func:`associative_recall`, :func:`copy_task` (synthetic), :func:`load_corpus` (CPython
+  standard-library bytes), :class:`ByteBatches`, :class:`ByteTokenizer`.
+* NVS toy: :func:`random_scene`, :func:`render_dataset`, :class:`SceneViews`.
+* CoLM: :func:`make_mixture` (synthetic instruction mixture), :func:`load_jsonl_mixture`.
+* Graphs: :func:`powerlaw_graph`, :func:`load_planetoid` (Cora/CiteSeer zips), :func:`load_hgb`,
+  :func:`hgb_split`, :func:`hetero_sbm`.
+* Images (hard batches, LayerNorm): :mod:`batchcraft.data.images` (Fashion-MNIST IDX, digits).
+"""
 
-# HGB heterogeneous node classification + hetero SBM (issue 9)
-from batchcraft.data.hetero_sbm import hetero_sbm  # noqa: E402
-from batchcraft.data.hgb import HGBData, hgb_split, load_hgb  # noqa: E402
+from batchcraft.data.graphs import GraphData, load_planetoid, powerlaw_graph
+from batchcraft.data.hetero_sbm import hetero_sbm
+from batchcraft.data.hgb import HGBData, hgb_split, load_hgb
+from batchcraft.data.mixture import Mixture, load_jsonl_mixture, make_mixture
+from batchcraft.data.scenes import SceneViews, random_scene, render_dataset
+from batchcraft.data.synthetic import associative_recall, copy_task
+from batchcraft.data.text import ByteBatches, ByteTokenizer, load_corpus
 
-# CoLM synthetic instruction mixture (issue 7)
-from batchcraft.data.mixture import Mixture, load_jsonl_mixture, make_mixture  # noqa: E402
-
-# NVS toy scenes (issue 10)
-from batchcraft.data.scenes import SceneViews, random_scene, render_dataset  # noqa: E402
-
-# LaCT LM data (issue 3)
-from batchcraft.data.synthetic import associative_recall, copy_task  # noqa: E402
-from batchcraft.data.text import ByteBatches, ByteTokenizer, load_corpus  # noqa: E402
+__all__ = [
+    "ByteBatches",
+    "ByteTokenizer",
+    "GraphData",
+    "HGBData",
+    "Mixture",
+    "SceneViews",
+    "associative_recall",
+    "copy_task",
+    "hetero_sbm",
+    "hgb_split",
+    "load_corpus",
+    "load_hgb",
+    "load_jsonl_mixture",
+    "load_planetoid",
+    "make_mixture",
+    "powerlaw_graph",
+    "random_scene",
+    "render_dataset",
+]
