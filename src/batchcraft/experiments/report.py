@@ -99,7 +99,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;
 color:#1d1d1f;line-height:1.45}
 table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
+td:last-child{white-space:nowrap}th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .25em;border-radius:3px}
 .v-reproduced{color:#0a7d27;font-weight:600}.v-partly{color:#a66a00;font-weight:600}
 .v-not{color:#b3261e;font-weight:600}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 section{border-top:1px solid #ddd;margin-top:1.5em}
