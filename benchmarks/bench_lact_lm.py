@@ -88,7 +88,7 @@ def _train_once(model: LaCTForCausalLM, opt: torch.optim.Optimizer, batch: torch
     description="ms and cache bytes per generated token vs context: LaCT flat, full attention grows",
 )
 def decode(quick: bool = False) -> dict[str, Any]:
-    contexts = [512, 2048] if quick else [1024, 4096, 16384]
+    contexts = [512, 2048] if quick else [1024, 4096, 16384, 65536]  # issue: 1K to 64K
     n_tokens = 4 if quick else 8  # per round; the best of 3 interleaved rounds is kept
     chunk = 256
     models = {
@@ -147,7 +147,7 @@ def decode(quick: bool = False) -> dict[str, Any]:
     description="training tokens/s of LaCT (Muon/momentum) vs SWA vs full attention, matched params",
 )
 def train(quick: bool = False) -> dict[str, Any]:
-    lengths = [512] if quick else [1024, 4096]
+    lengths = [512] if quick else [1024, 4096, 16384]  # issue: T = 4K / 16K (1K for reference)
     chunk = 256
     base = _bench_cfg(chunk)
     models = {
