@@ -85,7 +85,7 @@ def bench(
 ) -> None:
     """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
     from batchcraft.registry import benchmarks
-    from batchcraft.utils.bench import format_table
+    from batchcraft.utils.bench import format_table, summary_rows
     from batchcraft.utils.progress import console
 
     registry = benchmarks()
@@ -102,13 +102,19 @@ def bench(
         console.print(f"[red]unknown benchmark(s) {unknown}; available: {sorted(registry)}[/red]")
         raise typer.Exit(2)
     sections: list[str] = []
+    summary: list[dict[str, object]] = []
     for n in chosen:
         console.print(f"== {n} ==", highlight=False)
         res = registry[n].fn(quick=quick)
         rows = res.get("rows", [])
-        sections.append(
-            f"### {n}\n\nCommand: `batchcraft bench {n}{' --quick' if quick else ''}`\n\n{format_table(rows)}"
-        )
+        summary += summary_rows(n, rows)
+        flag = " --quick" if quick else ""
+        sections.append(f"### {n}\n\nCommand: `batchcraft bench {n}{flag}`\n\n{format_table(rows)}")
+    if len(chosen) > 1:
+        # one table of every ratio and fraction of a machine limit, across all benchmarks run
+        table = format_table(summary, ["benchmark", "case", "quantity", "value"])
+        sections.insert(0, f"### Summary: ratios and fractions of machine limits\n\n{table}")
+        print(table)
     if markdown is not None:
         with open(markdown, "a", encoding="utf-8") as f:
             f.write("\n".join(sections))

@@ -9,6 +9,7 @@ measured in the same run: :func:`matmul_peak_gflops` (batched fp32 matmul) and
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "matmul_peak_gflops",
     "print_table",
     "results_dir",
+    "summary_rows",
     "timeit",
     "write_result",
 ]
@@ -179,3 +181,41 @@ def print_table(
     if title:
         print(f"\n### {title}\n")
     print(format_table(rows, columns))
+
+
+_RATIO_WORD = re.compile(r"(%|(^|[ _])x( |_|$)|ratio|frac|\bvs\b|speed)", re.IGNORECASE)
+# "a/b" is a ratio unless it is a rate or a unit (ms/step, GB/s, tokens/s, ...)
+_RATE = re.compile(
+    r"(GB|MB|MiB|ms|µs|us|tokens?|Mtok|GFLOP|TFLOP)/|/\s*(s|step|round|token|epoch)\b"
+)
+
+
+def _is_ratio_column(col: str) -> bool:
+    return bool(_RATIO_WORD.search(col)) or ("/" in col and not _RATE.search(col))
+
+
+def summary_rows(name: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ratios and fractions of machine limits of one benchmark's table, one row each.
+
+    A column counts when its name says it is a ratio or a fraction (``%``, ``x ...``, ``ratio``,
+    ``a/b``, ``frac``, ``vs``, ``speed``) and the cell is a number; the row's text cells name the
+    case. Used by ``batchcraft bench all`` to print one table across every benchmark.
+
+    Returns:
+        Rows ``{"benchmark", "case", "quantity", "value"}``.
+    """
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        case = ", ".join(
+            f"{k}={v}" if isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+            for k, v in row.items()
+            if not _is_ratio_column(k) and v not in ("", None) and not isinstance(v, float)
+        )
+        for col, val in row.items():
+            if (
+                _is_ratio_column(col)
+                and isinstance(val, int | float)
+                and not isinstance(val, bool)
+            ):
+                out.append({"benchmark": name, "case": case, "quantity": col, "value": float(val)})
+    return out
