@@ -3,6 +3,8 @@
 Thin: parses options, builds the dataset / store / loaders / model, and calls
 :func:`batchcraft.graph.train.fit`. Prints per-epoch timing split into sample / gather / transfer /
 compute / wait, writes an atomic checkpoint after every epoch and can resume from it.
+Data parallel: ``torchrun --nproc-per-node N --no-python batchcraft graph train ...`` (each rank
+trains on its own shard of the seeds; rank 0 prints and writes the files).
 """
 
 from __future__ import annotations
@@ -69,8 +71,12 @@ def register(app: typer.Typer) -> None:
         ),
         resume: Annotated[bool, typer.Option(help="Resume from OUT/checkpoint.pt.")] = False,
     ) -> None:
-        """Train GraphSAGE with neighbour sampling; per-epoch time split by pipeline stage."""
+        """Train GraphSAGE with neighbour sampling; per-epoch time split by pipeline stage.
+
+        Under torchrun (WORLD_SIZE > 1) trains data-parallel with DDP; rank 0 prints and saves.
+        """
         from batchcraft.graph.run import TrainSettings, run_training
+        from batchcraft.graph.train import dist_info
         from batchcraft.utils.progress import console
 
         settings = TrainSettings(
@@ -96,7 +102,7 @@ def register(app: typer.Typer) -> None:
             history = run_training(settings, out_dir=out, resume=resume, log=console.print)
         except (ValueError, FileNotFoundError) as e:
             raise typer.BadParameter(str(e)) from e
-        if history:
+        if history and dist_info()[0] == 0:
             last = history[-1]
             console.print(
                 f"done: {len(history)} epochs, loss {last['loss']:.4f}, "

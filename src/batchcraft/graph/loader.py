@@ -9,6 +9,12 @@ contents as with ``prefetch=0``: only the worker thread touches the sampler's ge
 On CUDA the worker issues its gathers and copies on its own side stream (so they overlap the
 trainer's kernels) and the consumer marks the tensors with ``record_stream``. Every batch records
 how long its sample, gather and transfer stages took.
+
+Data parallel (``num_replicas = W > 1``, one loader per ``torchrun`` rank): every epoch all ranks
+draw the same permutation of the seed pool from ``shuffle_seed`` and the epoch number (see
+:meth:`NeighborLoader.set_epoch`), rank ``r`` takes the ``r``-th of ``W`` contiguous shards, and
+every rank cuts its shard into the same number of batches (at most ``batch_size`` seeds each), so
+the shards are disjoint, cover the pool, and no rank waits for a batch that never comes.
 """
 
 from __future__ import annotations
@@ -73,7 +79,12 @@ class NeighborLoader:
         device: where ``x``, ``y`` and ``edge_index`` go (default: the store's device or CPU).
         prefetch: batches prepared ahead on a background thread (0 = sequential).
         replace: sample with replacement.
-        drop_last: skip a last incomplete batch.
+        drop_last: skip a last incomplete batch (with ``num_replicas > 1``: keep only full
+            batches, the same number on every rank).
+        num_replicas: data-parallel world size W (1 = the whole pool, the default).
+        rank: this process's rank in ``[0, W)``.
+        shuffle_seed: seed of the per-epoch permutation when ``W > 1`` (must be equal on all
+            ranks; ``generator`` then only drives neighbour sampling).
     """
 
     def __init__(
@@ -91,7 +102,14 @@ class NeighborLoader:
         prefetch: int = 1,
         replace: bool = False,
         drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle_seed: int = 0,
     ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas=}, {rank=}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prefetch < 0:
@@ -124,12 +142,57 @@ class NeighborLoader:
         self.device = torch.device(device)
         self.prefetch = prefetch
         self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle_seed = shuffle_seed
+        self.epoch = 0
+        if num_replicas > 1 and self.input_nodes.numel() < num_replicas:
+            raise ValueError(
+                f"{self.input_nodes.numel()} seed nodes cannot be shared by {num_replicas} ranks: "
+                "need at least one seed per rank"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number that selects the shared permutation when ``num_replicas > 1``."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         m = self.input_nodes.numel()
+        if self.num_replicas > 1:
+            return self._replica_batches(m)[0]
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
 
+    def _replica_batches(self, m: int) -> tuple[int, int]:
+        """``(batches per rank, seeds kept per rank or -1 for all)`` for a pool of ``m`` seeds."""
+        w, bs = self.num_replicas, self.batch_size
+        if self.drop_last:
+            k = (m // w) // bs
+            return k, k * bs
+        largest = -(-m // w)  # ceil(m / w) seeds on the largest shard
+        k = -(-largest // bs)  # batches of <= bs seeds each that the largest shard needs
+        if m // w < k:  # batch_size 1 with an uneven pool: a rank would get an empty batch
+            raise ValueError(
+                f"{m} seeds over {w} ranks with batch_size {bs} leaves a rank an empty batch: "
+                "use batch_size >= 2, drop_last=True or a pool divisible by the world size"
+            )
+        return k, -1
+
+    def shard_seeds(self) -> list[Tensor]:
+        """This rank's seed batches for the current epoch (``num_replicas > 1``)."""
+        m = self.input_nodes.numel()
+        nodes = self.input_nodes
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.shuffle_seed * 1_000_003 + self.epoch)
+            nodes = nodes[torch.randperm(m, generator=g)]
+        k, keep = self._replica_batches(m)
+        shard = nodes.tensor_split(self.num_replicas)[self.rank]
+        if keep >= 0:
+            shard = shard[:keep]
+        return list(shard.tensor_split(k)) if k > 0 else []
+
     def _seed_batches(self) -> list[Tensor]:
+        if self.num_replicas > 1:
+            return self.shard_seeds()
         nodes = self.input_nodes
         if self.shuffle:
             nodes = nodes[torch.randperm(nodes.numel(), generator=self.generator)]

@@ -2,11 +2,15 @@
 
 :func:`build_dataset` makes or loads the graph, :func:`run_training` builds the feature store,
 loaders and model, trains with progress, checkpoints, resume, and writes ``history.json``.
+Launched by ``torchrun`` (``WORLD_SIZE > 1``) it trains data-parallel: each rank samples its own
+shard of the training seeds, only rank 0 logs and writes files, evaluation is identical on all
+ranks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from batchcraft.graph.feature_store import PinnedFeatureStore
 from batchcraft.graph.gcn import GCN
 from batchcraft.graph.loader import NeighborLoader
 from batchcraft.graph.sage import GraphSAGE
-from batchcraft.graph.train import evaluate, fit
+from batchcraft.graph.train import evaluate, fit, init_distributed
 from batchcraft.utils.io import write_json
 from batchcraft.utils.progress import progress_bar
 
@@ -77,18 +81,27 @@ def run_training(
     resume: bool = False,
     log: Callable[[str], Any] = print,
 ) -> list[dict[str, Any]]:
-    """Train GraphSAGE (or GCN) per ``s``; returns the per-epoch history (also in ``history.json``)."""
+    """Train GraphSAGE (or GCN) per ``s``; returns the per-epoch history (also in ``history.json``).
+
+    Under ``torchrun`` every rank returns the same history; only rank 0 logs and writes files.
+    """
+    rank, world = init_distributed()
+    if rank != 0:
+        log = _quiet
     data = build_dataset(s)
     graph = csr_from_edge_index(data.edge_index, data.num_nodes)
     store = PinnedFeatureStore(data.x, pin=s.pin, backend=s.backend)
     log(
         f"{data.name}: {data.num_nodes:,} nodes, {data.num_edges:,} edges, F={data.x.shape[1]}; "
         f"feature store: backend={store.backend}, pin={store.pin}, device={store.device}"
+        + (f"; data parallel over {world} ranks" if world > 1 else "")
     )
-    gen = torch.Generator().manual_seed(s.seed)
+    # world 1: exactly the single-process run; world W: shared shuffling, per-rank sampling seeds
+    gen = torch.Generator().manual_seed(s.seed if world == 1 else s.seed + 7919 * rank)
     train_loader = NeighborLoader(
         graph, store, data.y, s.fanouts, batch_size=s.batch_size,
         input_nodes=data.train_idx, generator=gen, prefetch=s.prefetch,
+        num_replicas=world, rank=rank, shuffle_seed=s.seed,
     )  # fmt: skip
     val_loader = NeighborLoader(
         graph, store, data.y, s.fanouts, batch_size=s.batch_size, input_nodes=data.val_idx,
@@ -111,7 +124,8 @@ def run_training(
             f"val acc {metrics.get('val_acc', float('nan')):.3f} | {stats.seconds:.2f}s ({st})"
         )
 
-    with progress_bar(per_epoch * s.epochs, "graph train") as bar:
+    bar_ctx = progress_bar(per_epoch * s.epochs, "graph train") if rank == 0 else _no_bar()
+    with bar_ctx as bar:
         history = fit(
             model,
             train_loader,
@@ -124,7 +138,23 @@ def run_training(
             max_batches=s.max_batches,
             on_batch=lambda i, loss: bar.advance(loss=loss),
         )
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
-    write_json(out_dir / "history.json", {"settings": settings, "history": history})
+    if rank == 0:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
+        settings["world_size"] = world
+        write_json(out_dir / "history.json", {"settings": settings, "history": history})
     store.close()
     return history
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Log sink of ranks other than 0."""
+
+
+class _NoBar:
+    def advance(self, n: int = 1, **fields: Any) -> None:
+        """Ranks other than 0 draw no progress bar."""
+
+
+@contextlib.contextmanager
+def _no_bar() -> Iterator[_NoBar]:
+    yield _NoBar()

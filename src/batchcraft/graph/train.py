@@ -5,10 +5,16 @@ into ``sample`` / ``gather`` / ``transfer`` (measured inside the loader) / ``com
 (forward + backward + step) and ``wait`` (time the trainer waited for the next batch: the part of
 the data path that the prefetch pipeline did not hide). :func:`fit` adds epochs, evaluation,
 atomic checkpoints and resume.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) :func:`init_distributed` joins the process group (gloo on
+CPU, nccl on GPU) and :func:`fit` wraps the model in ``DistributedDataParallel``: each rank trains
+on its own shard of the seeds (a loader built with ``num_replicas``/``rank``), gradients are
+averaged, the epoch's loss/accuracy are summed over ranks, and only rank 0 writes checkpoints.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +28,40 @@ from torch import Tensor, nn
 from batchcraft.graph.loader import NeighborLoader
 from batchcraft.utils.io import load_checkpoint, save_checkpoint
 
-__all__ = ["EpochStats", "evaluate", "fit", "full_graph_accuracy", "train_epoch"]
+__all__ = [
+    "EpochStats",
+    "dist_info",
+    "evaluate",
+    "fit",
+    "full_graph_accuracy",
+    "init_distributed",
+    "train_epoch",
+]
 
 STAGES = ("sample", "gather", "transfer", "compute", "wait")
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of an initialised process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (gloo on CPU, nccl on GPU).
+
+    On CUDA the process also selects GPU ``LOCAL_RANK``. Returns ``(rank, world_size)``.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist_info()
 
 
 @dataclass
@@ -54,7 +91,11 @@ def train_epoch(
     max_batches: int | None = None,
     on_batch: Callable[[int, float], None] | None = None,
 ) -> EpochStats:
-    """One epoch (or ``max_batches`` batches) of mini-batch training with cross-entropy on seeds."""
+    """One epoch (or ``max_batches`` batches) of mini-batch training with cross-entropy on seeds.
+
+    ``model`` may be a ``DistributedDataParallel`` wrapper; then ``loss`` and ``accuracy`` are
+    over the seeds of all ranks (``losses`` stay this rank's).
+    """
     model.train()
     stages = dict.fromkeys(STAGES, 0.0)
     losses: list[float] = []
@@ -89,6 +130,15 @@ def train_epoch(
             break
         t_wait = time.perf_counter()
     seconds = time.perf_counter() - t_start
+    _, world = dist_info()
+    if world > 1:  # epoch figures over every rank's seeds (identical on all ranks)
+        import torch.distributed as dist
+
+        sums = torch.tensor([total_loss, float(correct), float(seen)], dtype=torch.float64)
+        dev = next(model.parameters()).device
+        sums = sums.to(dev)
+        dist.all_reduce(sums)
+        total_loss, correct, seen = float(sums[0]), int(sums[1]), int(sums[2])
     return EpochStats(
         loss=total_loss / max(seen, 1),
         accuracy=correct / max(seen, 1),
@@ -152,6 +202,11 @@ def fit(
         max_batches: cap on batches per epoch (``None`` = the whole loader).
         on_batch: per-batch callback ``(batch_index, loss)``.
 
+    Under an initialised process group with more than one rank the model is wrapped in
+    ``DistributedDataParallel`` for training (rank 0's initial weights are broadcast), the
+    loader's epoch is set each epoch (shared shuffling) and only rank 0 writes ``checkpoint``;
+    ``eval_fn`` runs on every rank with the (identical) unwrapped model.
+
     Returns:
         History: one dict per epoch with loss, accuracy, seconds, stages and metrics.
     """
@@ -167,8 +222,17 @@ def fit(
         train_loader.generator.set_state(state["generator"])
         history = list(state["history"])
         start = int(state["epoch"])
+    rank, world = dist_info()
+    runner: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(model)
+        if rank != 0:
+            checkpoint = None  # rank 0 writes checkpoints
     for epoch in range(start, epochs):
-        stats = train_epoch(model, train_loader, opt, max_batches=max_batches, on_batch=on_batch)
+        train_loader.set_epoch(epoch)
+        stats = train_epoch(runner, train_loader, opt, max_batches=max_batches, on_batch=on_batch)
         metrics = eval_fn() if eval_fn is not None else {}
         history.append(
             {
