@@ -212,10 +212,6 @@ def summary_rows(name: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, An
             if not _is_ratio_column(k) and v not in ("", None) and not isinstance(v, float)
         )
         for col, val in row.items():
-            if (
-                _is_ratio_column(col)
-                and isinstance(val, int | float)
-                and not isinstance(val, bool)
-            ):
+            if _is_ratio_column(col) and isinstance(val, int | float) and not isinstance(val, bool):
                 out.append({"benchmark": name, "case": case, "quantity": col, "value": float(val)})
     return out
