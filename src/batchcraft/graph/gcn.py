@@ -9,11 +9,10 @@ with ReLU + dropout and supports the same hop-wise trimming as :class:`GraphSAGE
 
 from __future__ import annotations
 
-import itertools
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from batchcraft.graph.sage import GraphSAGE
 
 __all__ = ["GCN", "GCNConv", "gcn_norm_aggregate"]
 
@@ -76,7 +75,7 @@ class GCNConv(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
-class GCN(nn.Module):
+class GCN(GraphSAGE):
     """L-layer GCN producing class logits (same call signature as :class:`GraphSAGE`).
 
     Args:
@@ -87,52 +86,9 @@ class GCN(nn.Module):
         dropout: dropout between layers.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        hidden_channels: int,
-        out_channels: int,
-        num_layers: int = 2,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in itertools.pairwise(dims))
-        self.dropout = dropout
+    def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
+        return GCNConv(in_channels, out_channels)
 
-    def forward(
-        self,
-        x: Tensor,
-        edge_index: Tensor,
-        *,
-        num_sampled_nodes: list[int] | None = None,
-        num_sampled_edges: list[int] | None = None,
-    ) -> Tensor:
-        """Logits for every node, or for the seeds when trimming (see :class:`GraphSAGE`)."""
-        num_layers = len(self.convs)
-        trim = num_sampled_nodes is not None and num_sampled_edges is not None
-        if trim and (
-            len(num_sampled_edges or []) != num_layers
-            or len(num_sampled_nodes or []) != num_layers + 1
-        ):
-            raise ValueError(
-                f"trimming needs {num_layers} hops of sampling for {num_layers} layers"
-            )
-        deg = torch.bincount(edge_index[1], minlength=x.shape[0]) + 1  # once, untrimmed
-        for i, conv in enumerate(self.convs):
-            num_dst = None
-            ei = edge_index
-            if trim:
-                assert num_sampled_nodes is not None and num_sampled_edges is not None
-                keep = num_layers - i
-                num_dst = sum(num_sampled_nodes[:keep])
-                x = x[: sum(num_sampled_nodes[: keep + 1])]
-                ei = edge_index[:, : sum(num_sampled_edges[:keep])]
-            x = conv(x, ei, num_dst, deg)
-            if i < num_layers - 1:
-                x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
-        return x
+    def conv_extras(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, ...]:
+        # in-degree + self-loop of every node, from the untrimmed subgraph (exact under trimming)
+        return (torch.bincount(edge_index[1], minlength=x.shape[0]) + 1,)

@@ -83,8 +83,16 @@ class GraphSAGE(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         dims = [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(SAGEConv(a, b) for a, b in itertools.pairwise(dims))
+        self.convs = nn.ModuleList(self.make_conv(a, b) for a, b in itertools.pairwise(dims))
         self.dropout = dropout
+
+    def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
+        """One layer of the stack (subclasses such as :class:`GCN` return their own conv)."""
+        return SAGEConv(in_channels, out_channels)
+
+    def conv_extras(self, x: Tensor, edge_index: Tensor) -> tuple[Tensor, ...]:
+        """Extra arguments every layer receives, computed once per forward on the untrimmed graph."""
+        return ()
 
     def forward(
         self,
@@ -113,6 +121,7 @@ class GraphSAGE(nn.Module):
                     f"trimming needs {num_layers} hops of sampling for {num_layers} layers, got "
                     f"{len(num_sampled_edges)}"
                 )
+        extras = self.conv_extras(x, edge_index)
         for i, conv in enumerate(self.convs):
             num_dst = None
             ei = edge_index
@@ -122,7 +131,7 @@ class GraphSAGE(nn.Module):
                 num_dst = sum(num_sampled_nodes[:keep_hops])
                 x = x[: sum(num_sampled_nodes[: keep_hops + 1])]
                 ei = edge_index[:, : sum(num_sampled_edges[:keep_hops])]
-            x = conv(x, ei, num_dst)
+            x = conv(x, ei, num_dst, *extras)
             if i < num_layers - 1:
                 x = F.dropout(F.relu(x), p=self.dropout, training=self.training)
         return x
