@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover
 
 import pytest
 
-from batchcraft.experiments.base import find_data_dir
+from batchcraft.data.paths import find_data_dir
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

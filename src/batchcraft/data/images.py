@@ -121,7 +121,7 @@ def find_fashion_mnist() -> Path | None:
     Looks in ``$BATCHCRAFT_FASHION_MNIST``, ``<data dir>/fashion-mnist`` and the Debian package's
     ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
     """
-    from batchcraft.experiments.base import find_data_dir
+    from batchcraft.data.paths import find_data_dir
 
     cands = [os.environ.get("BATCHCRAFT_FASHION_MNIST", "")]
     data_dir = find_data_dir()

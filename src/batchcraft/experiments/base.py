@@ -11,28 +11,12 @@ from typing import Any, Literal
 
 import torch
 
+from batchcraft.data.paths import find_data_dir
 from batchcraft.utils.progress import console, progress_bar
 
 Verdict = Literal["reproduced", "partly", "not reproduced", "not run"]
 
-__all__ = ["ExperimentContext", "ExperimentResult", "Metric", "Verdict", "find_data_dir"]
-
-
-def find_data_dir() -> Path | None:
-    """The real-data folder: ``$BATCHCRAFT_DATA``, else ``../shared/data`` next to the checkout.
-
-    Returns ``None`` when neither exists; callers fall back to synthetic data.
-    """
-    env = os.environ.get("BATCHCRAFT_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [
-        Path.cwd().parent / "shared" / "data",
-        Path(__file__).resolve().parents[3].parent / "shared" / "data",
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+__all__ = ["ExperimentContext", "ExperimentResult", "Metric", "Verdict"]
 
 
 @dataclass

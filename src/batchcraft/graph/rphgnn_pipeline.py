@@ -93,7 +93,7 @@ def load_dataset(
     path = Path(spec)
     if path.exists():
         return load_hgb(path, test_labels=test_labels)
-    from batchcraft.experiments.base import find_data_dir
+    from batchcraft.data.paths import find_data_dir
 
     folder = data_dir or find_data_dir()
     for cand in [folder / f"{spec}.zip", folder / spec] if folder else []:

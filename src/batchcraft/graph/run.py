@@ -61,7 +61,7 @@ def build_dataset(s: TrainSettings) -> GraphData:
     if s.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {s.dataset!r}")
     if s.dataset in ("cora", "citeseer"):
-        from batchcraft.experiments.base import find_data_dir
+        from batchcraft.data.paths import find_data_dir
 
         folder = s.data_dir or find_data_dir()
         if folder is None or not (Path(folder) / f"{s.dataset}.zip").exists():
