@@ -18,3 +18,44 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative RMS error ``||a - b||_2 / ||a||_2`` (the spec's tolerance measure for low precision)."""
     a64, b64 = a.detach().double(), b.detach().double()
     return float((a64 - b64).norm() / a64.norm().clamp_min(1e-30))
+
+
+def run_killed_then_resumed(
+    args: list[str], progress_file, *, reached, seed: int, timeout: float = 300
+) -> None:
+    """Run ``batchcraft *args`` in a subprocess, ``kill -9`` it at a random moment after
+    ``reached(progress_file)`` first holds, then run the same command again to completion.
+
+    Args:
+        args: the command line after ``batchcraft``.
+        progress_file: a file whose content tells how far the run is (e.g. a checkpoint manifest).
+        reached: ``fn(path) -> bool``: the first run may be killed from this point on.
+        seed: decides the random extra delay (0-400 ms) before the kill.
+    """
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "batchcraft.cli.main", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < timeout:
+            try:
+                ok = reached(progress_file)
+            except (OSError, ValueError, KeyError):
+                ok = False
+            if ok:
+                time.sleep(random.Random(seed).uniform(0.0, 0.4))
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        out = proc.communicate(timeout=timeout)[0]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{out!r}"
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

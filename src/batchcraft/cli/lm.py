@@ -1,188 +1,217 @@
-"""``batchcraft lm``: train, evaluate and sample the LaCT language model (thin wrappers)."""
+"""``batchcraft lm``: train, evaluate and sample the LaCT language model (thin wrappers over
+:mod:`batchcraft.recipes.lm`)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from batchcraft.cli._common import finite, positive, probability
+
 __all__ = ["register"]
 
+log = logging.getLogger("batchcraft.cli.lm")
 
-def _corpus(text: list[Path] | None, split: str, max_bytes: int | None):  # type: ignore[no-untyped-def]
-    from batchcraft.data.text import load_corpus
-
-    return load_corpus(text or None, split=split, max_bytes=max_bytes)
+TextOpt = Annotated[
+    list[Path] | None,
+    typer.Option(help="Text files/folders to train on (default: the Python standard library)."),
+]
 
 
 def train(
     preset: Annotated[str, typer.Option(help="Model preset: tiny, small, 760m, 3b.")] = "tiny",
     model: Annotated[str, typer.Option(help="lact, swa (sliding-window only) or full.")] = "lact",
-    text: Annotated[
-        list[Path] | None, typer.Option(help="Text files/folders (default: Python stdlib).")
+    text: TextOpt = None,
+    val_text: Annotated[
+        list[Path] | None,
+        typer.Option(help="Validation text (default: split off --text, see --val-fraction)."),
     ] = None,
-    context: Annotated[int, typer.Option(min=2, help="Training context T (bytes).")] = 256,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            callback=probability,
+            help="Share of --text held out for validation: whole files by a hash of their "
+            "path, or the end of every file when that leaves a side empty (one file).",
+        ),
+    ] = 0.05,
+    context: Annotated[int, typer.Option(min=2, help="Training context T (tokens).")] = 256,
     chunk: Annotated[
-        int | None, typer.Option(help="LaCT chunk size C (window = max(W, C)).")
+        int | None, typer.Option(min=1, help="LaCT chunk size C (default: the preset's).")
     ] = None,
-    window: Annotated[int | None, typer.Option(help="Attention window W.")] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(min=0, help="Attention window W (default: max(preset W, C); 0: no SWA)."),
+    ] = None,
     muon: Annotated[bool, typer.Option(help="Muon (Newton-Schulz) fast-weight updates.")] = False,
-    steps: Annotated[int, typer.Option(min=1)] = 200,
-    batch: Annotated[int, typer.Option(min=1)] = 8,
-    lr: Annotated[float, typer.Option()] = 1e-3,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total.")] = 200,
+    batch: Annotated[int, typer.Option(min=1, help="Windows per step (per rank).")] = 8,
+    lr: Annotated[float, typer.Option(callback=positive, help="Peak learning rate.")] = 1e-3,
+    schedule: Annotated[
+        str,
+        typer.Option(help="cosine (paper), wsd or constant; wsd/constant runs can be extended."),
+    ] = "cosine",
     optimizer: Annotated[str, typer.Option(help="adamw, or a batchcraft.optim name.")] = "adamw",
-    warmup: Annotated[int, typer.Option(min=0)] = 20,
-    seed: Annotated[int, typer.Option()] = 0,
+    warmup: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 20,
+    seed: Annotated[
+        int, typer.Option(help="Decides the initial weights, the data order and all sampling.")
+    ] = 0,
     eval_every: Annotated[int, typer.Option(min=0, help="Validate every N steps (0: end).")] = 0,
+    eval_batches: Annotated[int, typer.Option(min=1, help="Validation batches.")] = 4,
     ckpt_every: Annotated[int, typer.Option(min=0, help="Checkpoint every N steps.")] = 50,
-    max_bytes: Annotated[int, typer.Option(help="Corpus bytes to read per split.")] = 4_000_000,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Corpus bytes read per split.")] = 4_000_000,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path, typer.Option(help="Run folder (checkpoint/ inside).")] = Path("runs/lm"),
-    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.")] = True,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from OUT/checkpoint when it exists.")
+    ] = True,
+    allow_change: Annotated[
+        bool, typer.Option(help="Resume even though settings differ from the checkpoint's.")
+    ] = False,
 ) -> None:
-    """Train a LaCT LM (or a baseline) on bytes, with exact resume from atomic checkpoints."""
+    """Train a LaCT LM (or a baseline) on bytes, with exact, guarded resume."""
     from dataclasses import replace
 
-    from batchcraft.data.text import ByteBatches
-    from batchcraft.models.lact_config import (
-        full_attention_baseline,
-        get_preset,
-        swa_baseline,
-    )
-    from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
-    from batchcraft.models.lact_train import TrainSettings, init_distributed, train_lm
-    from batchcraft.utils.io import write_json
-    from batchcraft.utils.progress import console, progress_bar
+    from batchcraft.data.text import ByteBatches, load_text_splits
+    from batchcraft.models.lact_config import full_attention_baseline, get_preset, swa_baseline
+    from batchcraft.models.lact_lm import count_parameters
+    from batchcraft.recipes.dist import destroy_distributed, init_distributed
+    from batchcraft.recipes.lm import LMTrainSettings, build_lm, train_lm
+    from batchcraft.utils.io import check_writable_dir
 
-    try:
-        cfg = get_preset(preset, use_muon=muon)
-        c = chunk or cfg.chunk_size
-        w = window if window is not None else max(cfg.window_size or c, c)
-        cfg = replace(cfg, chunk_size=c, window_size=w)
-        cfg = {"lact": lambda x: x, "swa": swa_baseline, "full": full_attention_baseline}[model](
-            cfg
-        )
-    except KeyError:
-        console.print(f"[red]--model must be lact, swa or full, got {model!r}[/red]")
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    s = TrainSettings(
+    builders = {"lact": lambda x: x, "swa": swa_baseline, "full": full_attention_baseline}
+    if model not in builders:
+        raise typer.BadParameter(f"--model must be lact, swa or full, got {model!r}")
+    cfg = get_preset(preset, use_muon=muon)
+    c = chunk or cfg.chunk_size
+    w = window if window is not None else max(cfg.window_size or c, c)
+    cfg = builders[model](replace(cfg, chunk_size=c, window_size=w))
+    s = LMTrainSettings(
         steps=steps, batch_size=batch, context=context, lr=lr, optimizer=optimizer,
-        warmup=warmup, seed=seed, eval_every=eval_every, ckpt_every=ckpt_every,
+        schedule=schedule, warmup=warmup, seed=seed, eval_every=eval_every,
+        eval_batches=eval_batches, ckpt_every=ckpt_every,
     )  # fmt: skip
-    tr = ByteBatches(
-        _corpus(text, "train", max_bytes), batch_size=batch, context=context, seed=seed
+    check_writable_dir(out)  # before reading the corpus or building the model
+    tr_c, va_c = load_text_splits(
+        text, val_text=val_text, val_fraction=val_fraction, max_bytes=max_bytes
     )
-    va = ByteBatches(_corpus(text, "val", max_bytes), batch_size=batch, context=context, seed=seed)
-    rank, world = init_distributed()  # no-op unless launched by torchrun with WORLD_SIZE > 1
-    torch_model = LaCTForCausalLM(cfg)  # DDP broadcasts rank 0's initial weights
-    console.print(
-        f"{model} {preset}: {count_parameters(cfg) / 1e6:.2f}M params, C={c} W={cfg.window_size}, "
-        f"{len(tr.corpus) / 1e6:.1f} MB train",
-        highlight=False,
-    )
-    with progress_bar(steps, "lm train") as bar:
-        bar.completed = 0
+    tr = ByteBatches(tr_c, batch_size=batch, context=context, seed=seed)
+    va = ByteBatches(va_c, batch_size=batch, context=context, seed=seed)
+    data_meta = {
+        "text": [str(p) for p in text or []] or "stdlib",
+        "val_text": [str(p) for p in val_text or []],
+        "val_fraction": val_fraction,
+        "max_bytes": max_bytes,
+    }
+    dist = init_distributed(device)
+    try:
+        lm = build_lm(cfg, seed, dist.device)  # DDP broadcasts rank 0's initial weights
+        if dist.is_main:
+            log.info(
+                f"{model} {preset}: {count_parameters(cfg) / 1e6:.2f}M params, C={c} "
+                f"W={cfg.window_size}, {len(tr_c) / 1e6:.2f} MB train, {len(va_c) / 1e6:.3f} MB val"
+            )
+        res = train_lm(
+            lm, tr, s, val=va, out_dir=out, resume=resume, allow_change=allow_change,
+            data_meta=data_meta, progress="lm train" if dist.is_main else None, dist=dist,
+        )  # fmt: skip
+    finally:
+        destroy_distributed()
+    if dist.is_main:
+        if res["final_eval"] is not None:
+            fe = res["final_eval"]
+            log.info(f"val loss {fe['loss']:.4f} nats/byte, {fe['bpb']:.4f} bits/byte")
+        log.info(f"checkpoint: {out / 'checkpoint'}")
 
-        def on_step(step: int, loss: float, tps: float) -> None:
-            bar.advance(1, loss=loss, tok_s=round(tps))
 
-        res = train_lm(torch_model, tr, s, val=va, out_dir=out, resume=resume, on_step=on_step)
-    if rank == 0:
-        write_json(out / "history.json", res)
-    if world > 1:
-        import torch.distributed as dist
+def _save_curve_plot(folder: Path, per_position: list[float]) -> Path | None:
+    """per_position.png, or ``None`` (with one log line) when matplotlib is not installed."""
+    from batchcraft._capabilities import has_module
 
-        dist.destroy_process_group()
-    if res["final_eval"] is not None:
-        fe = res["final_eval"]
-        console.print(f"val loss {fe['loss']:.4f} nats, {fe['bpb']:.4f} bits/byte", highlight=False)
-    console.print(f"checkpoint: {out / 'checkpoint'}", highlight=False)
+    if not has_module("matplotlib"):
+        log.warning("matplotlib is not installed (pip install 'batchcraft[plot]'): no PNG written")
+        return None
+    from batchcraft.utils.plot import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(per_position)), per_position)
+    ax.set_xlabel("position in context [bytes]")
+    ax.set_ylabel("loss [nats/byte]")
+    ax.set_title("per-position validation loss")
+    path = folder / "per_position.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `lm train`.")],
     text: Annotated[
-        list[Path] | None, typer.Option(help="Text files/folders (default: stdlib).")
+        list[Path] | None,
+        typer.Option(help="Evaluate all of these files (default: the stdlib validation split)."),
     ] = None,
-    context: Annotated[int, typer.Option(min=2)] = 256,
-    batch: Annotated[int, typer.Option(min=1)] = 8,
-    batches: Annotated[int, typer.Option(min=1, help="Evaluation batches.")] = 8,
-    max_bytes: Annotated[int, typer.Option()] = 4_000_000,
-    out: Annotated[Path | None, typer.Option(help="Folder for per_position.csv/.png.")] = None,
+    context: Annotated[int, typer.Option(min=2, help="Evaluation context T.")] = 256,
+    batch: Annotated[int, typer.Option(min=1, help="Windows per batch.")] = 8,
+    batches: Annotated[int, typer.Option(min=1, help="Evaluation batches (at most).")] = 8,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Bytes of text read.")] = 4_000_000,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for eval.json, per_position.csv/.png.")
+    ] = None,
 ) -> None:
-    """Validation loss, bits per byte and the per-position loss curve (CSV + PNG)."""
-    from batchcraft.data.text import ByteBatches
-    from batchcraft.models.lact_train import evaluate as eval_lm
-    from batchcraft.models.lact_train import load_lm_checkpoint
-    from batchcraft.utils.io import write_json, write_text
-    from batchcraft.utils.progress import console
+    """Validation loss, bits per byte and the per-position loss curve (CSV, and PNG)."""
+    from batchcraft.data.text import ByteBatches, load_corpus
+    from batchcraft.recipes.lm import evaluate as eval_lm
+    from batchcraft.recipes.lm import load_lm
+    from batchcraft.utils.io import check_writable_dir, write_json, write_text
 
-    try:
-        model, _ = load_lm_checkpoint(checkpoint)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    try:
-        va = ByteBatches(_corpus(text, "val", max_bytes), batch_size=batch, context=context)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    res = eval_lm(model, va.sequential(batches))
-    console.print(
-        f"loss {res['loss']:.4f} nats/byte, {res['bpb']:.4f} bits/byte over {res['tokens']} bytes",
-        highlight=False,
-    )
     folder = out or checkpoint.parent
+    check_writable_dir(folder)
+    model = load_lm(checkpoint)
+    corpus = load_corpus(text, split="all" if text else "val", max_bytes=max_bytes)
+    va = ByteBatches(corpus, batch_size=batch, context=context)
+    res = eval_lm(model, va.sequential(batches))
+    log.info(
+        f"loss {res['loss']:.4f} nats/byte, {res['bpb']:.4f} bits/byte over {res['tokens']} bytes"
+    )
     pp = res["per_position"]
     write_text(
         folder / "per_position.csv",
         "position,loss_nats\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(pp)),
     )
     write_json(folder / "eval.json", res)
-    from batchcraft.utils.plot import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(len(pp)), pp)
-    ax.set_xlabel("position in context [bytes]")
-    ax.set_ylabel("loss [nats/byte]")
-    ax.set_title("per-position validation loss")
-    fig.savefig(folder / "per_position.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    console.print(f"wrote {folder / 'per_position.csv'} and per_position.png", highlight=False)
+    png = _save_curve_plot(folder, pp)
+    log.info(f"wrote {folder / 'per_position.csv'}" + (f" and {png.name}" if png else ""))
 
 
 def generate(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `lm train`.")],
     prompt: Annotated[str, typer.Option(help="Prompt text.")] = "def ",
-    max_new_tokens: Annotated[int, typer.Option(min=0)] = 200,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
-    top_k: Annotated[int | None, typer.Option(help="Sample among the top k bytes.")] = 40,
-    seed: Annotated[int, typer.Option()] = 0,
+    max_new_tokens: Annotated[int, typer.Option(min=0, help="Tokens to sample.")] = 200,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, callback=finite, help="0: greedy; else sampling.")
+    ] = 0.8,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Sample among the k most likely tokens.")
+    ] = 40,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
 ) -> None:
     """Sample text with the constant-memory decode cache."""
     import torch
 
     from batchcraft.data.text import ByteTokenizer
-    from batchcraft.models.lact_train import load_lm_checkpoint
-    from batchcraft.utils.progress import console
+    from batchcraft.recipes.lm import load_lm
 
-    try:
-        model, _ = load_lm_checkpoint(checkpoint)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    model = load_lm(checkpoint)
     tok = ByteTokenizer()
     ids = tok.encode(prompt)[None] if prompt else torch.zeros(1, 1, dtype=torch.long)
-    out = model.eval().generate(
+    out = model.generate(
         ids, max_new_tokens, temperature=temperature,
         generator=torch.Generator().manual_seed(seed), top_k=top_k,
     )  # fmt: skip
     typer.echo(tok.decode(out[0]))
-    del console
 
 
 def register(app: typer.Typer) -> None:

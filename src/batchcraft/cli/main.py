@@ -16,7 +16,10 @@ from typing import Annotated
 
 import typer
 
+from batchcraft.cli.errors import BatchcraftGroup
+
 app = typer.Typer(
+    cls=BatchcraftGroup,
     name="batchcraft",
     help="Efficient mini-batch training for PyTorch: seven research results, tested and measured.",
     no_args_is_help=True,
@@ -39,7 +42,14 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+_ATTACHED = False
+
+
 def _attach_subcommands() -> None:
+    global _ATTACHED
+    if _ATTACHED:
+        return
+    _ATTACHED = True
     for group, (help_text, modules) in SUBCOMMANDS.items():
         present = [m for m in modules if importlib.util.find_spec(m) is not None]
         if not present:
@@ -48,6 +58,35 @@ def _attach_subcommands() -> None:
         for m in present:
             importlib.import_module(m).register(sub)
         app.add_typer(sub, name=group)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from batchcraft import __version__
+
+        typer.echo(f"batchcraft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress.")
+    ] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail.")] = 0,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for expected errors too.")
+    ] = False,
+) -> None:
+    """Efficient mini-batch training for PyTorch: seven research results, tested and measured."""
+    from batchcraft.utils.log import configure_logging
+
+    del version, debug  # --version is handled eagerly, --debug by the error layer
+    configure_logging(-1 if quiet else verbose)
 
 
 @app.command()
@@ -159,8 +198,10 @@ def reproduce(
 
 def main() -> None:
     """Entry point of the ``batchcraft`` console script."""
-    _attach_subcommands()
     app()
+
+
+_attach_subcommands()
 
 
 if __name__ == "__main__":

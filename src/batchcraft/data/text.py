@@ -9,6 +9,7 @@ by a 0 byte (absent from Python source) and their boundaries are kept for packed
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import sysconfig
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "ByteCorpus",
     "ByteTokenizer",
     "load_corpus",
+    "load_text_splits",
     "split_of",
     "stdlib_files",
     "text_files",
@@ -104,15 +106,15 @@ def load_corpus(
 
     Args:
         paths: files or folders; ``None`` uses :func:`stdlib_files`.
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"all"`` (every file).
         val_fraction: fraction of files (by hash) held out for validation.
         max_bytes: stop after this many bytes (files in sorted order; the last one is cut).
 
     Returns:
         A :class:`ByteCorpus`.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if split not in ("train", "val", "all"):
+        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
     if paths is None:
         root = Path(sysconfig.get_paths()["stdlib"])
         files = [(f, str(f.relative_to(root))) for f in stdlib_files()]
@@ -127,7 +129,7 @@ def load_corpus(
     starts: list[int] = []
     total = 0
     for f, rel in files:
-        if split_of(rel, val_fraction) != split:
+        if split != "all" and split_of(rel, val_fraction) != split:
             continue
         raw = f.read_bytes().replace(b"\x00", b"")
         if not raw:
@@ -144,6 +146,71 @@ def load_corpus(
         raise ValueError(f"no {split} text found in {paths or 'the standard library'}")
     data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
     return ByteCorpus(data=data, doc_starts=torch.tensor(starts, dtype=torch.long), files=chosen)
+
+
+def _cut_documents(corpus: ByteCorpus, fraction: float) -> tuple[ByteCorpus, ByteCorpus]:
+    """Split every document by bytes: its first ``1 - fraction`` to train, the rest to val."""
+    bounds = [*corpus.doc_starts.tolist(), len(corpus)]
+    tr: list[bytes] = []
+    va: list[bytes] = []
+    raw = corpus.data.numpy().tobytes()
+    for s0, e0 in itertools.pairwise(bounds):
+        doc = raw[s0 : e0 - 1]  # without the separator
+        cut = len(doc) - max(1, round(fraction * len(doc)))
+        tr.append(doc[:cut])
+        va.append(doc[cut:])
+    return _join(tr, corpus.files), _join(va, corpus.files)
+
+
+def _join(docs: list[bytes], files: list[Path]) -> ByteCorpus:
+    starts, total, chunks = [], 0, []
+    for d in docs:
+        if not d:
+            continue
+        starts.append(total)
+        chunks.append(d + bytes([DOC_SEP]))
+        total += len(d) + 1
+    data = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+    return ByteCorpus(data=data, doc_starts=torch.tensor(starts, dtype=torch.long), files=files)
+
+
+def load_text_splits(
+    text: Sequence[str | Path] | None = None,
+    *,
+    val_text: Sequence[str | Path] | None = None,
+    val_fraction: float = 0.05,
+    max_bytes: int | None = None,
+) -> tuple[ByteCorpus, ByteCorpus]:
+    """Train and validation corpora from the user's files (or the standard library).
+
+    * ``val_text`` given: train on all of ``text``, validate on all of ``val_text``.
+    * otherwise files are split by a hash of their path (:func:`split_of`); when that leaves
+      either side empty (one file, or a few), every document is split inside instead: its last
+      ``val_fraction`` of bytes is validation.
+
+    Raises:
+        ValueError: a path does not exist, nothing is readable, or ``val_fraction`` is outside
+            ``(0, 1)``.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    for p in [*(text or []), *(val_text or [])]:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"text path {str(p)!r} does not exist")
+    if val_text:
+        return (
+            load_corpus(text, split="all", max_bytes=max_bytes),
+            load_corpus(val_text, split="all", max_bytes=max_bytes),
+        )
+    try:
+        return (
+            load_corpus(text, split="train", val_fraction=val_fraction, max_bytes=max_bytes),
+            load_corpus(text, split="val", val_fraction=val_fraction, max_bytes=max_bytes),
+        )
+    except ValueError:
+        if text is None:
+            raise
+    return _cut_documents(load_corpus(text, split="all", max_bytes=max_bytes), val_fraction)
 
 
 class ByteBatches:

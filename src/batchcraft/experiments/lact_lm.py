@@ -58,8 +58,8 @@ def _configs(st: dict[str, Any]) -> dict[str, Any]:
 )
 def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.data.text import ByteBatches, load_corpus
-    from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
-    from batchcraft.models.lact_train import TrainSettings, evaluate, train_lm
+    from batchcraft.models.lact_lm import count_parameters
+    from batchcraft.recipes.lm import LMTrainSettings, build_lm, evaluate, train_lm
     from batchcraft.utils.plot import pyplot
 
     st = _settings(ctx.quick)
@@ -78,9 +78,8 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     try:
         for seed in ctx.seeds:
             for name, cfg in cfgs.items():
-                torch.manual_seed(seed)  # parameter init (experiment-local; restored below)
-                model = LaCTForCausalLM(cfg).to(ctx.device)
-                s = TrainSettings(steps=st["steps"], batch_size=st["batch"], context=t, lr=st["lr"],
+                model = build_lm(cfg, seed, ctx.device)
+                s = LMTrainSettings(steps=st["steps"], batch_size=st["batch"], context=t, lr=st["lr"],
                                   warmup=st["warmup"], seed=seed, eval_batches=st["eval_batches"])  # fmt: skip
                 tr = ByteBatches(train_c, batch_size=st["batch"], context=t, seed=seed)
                 va = ByteBatches(val_c, batch_size=st["batch"], context=t, seed=seed)

@@ -35,9 +35,16 @@ class _Task:
     """Handle returned by :func:`progress_bar`; ``advance()`` and ``update(**fields)``."""
 
     def __init__(
-        self, progress: Progress | None, task_id: int | None, total: int | None, desc: str
+        self,
+        progress: Progress | None,
+        task_id: int | None,
+        total: int | None,
+        desc: str,
+        *,
+        silent: bool = False,
     ):
         self._progress, self._id, self.total, self.desc = progress, task_id, total, desc
+        self._silent = silent
         self.completed = 0
         self._last_log = time.monotonic()
         self._t0 = time.monotonic()
@@ -48,6 +55,8 @@ class _Task:
             self._progress.update(self._id, advance=n)  # type: ignore[arg-type]
             if fields:
                 self._progress.update(self._id, description=self._describe(fields))  # type: ignore[arg-type]
+        elif self._silent:
+            return
         elif time.monotonic() - self._last_log > 10 or self.completed == self.total:
             self._last_log = time.monotonic()
             total = f"/{self.total}" if self.total else ""
@@ -72,6 +81,11 @@ def progress_bar(total: int | None, description: str) -> Iterator[_Task]:
     Draws a rich bar with a time estimate on a terminal; in CI or when piped, prints a line at
     most every 10 seconds so logs stay short.
     """
+    from batchcraft.utils.log import is_quiet
+
+    if is_quiet():  # --quiet: no bar and no progress lines
+        yield _Task(None, None, total, description, silent=True)
+        return
     if not interactive():
         yield _Task(None, None, total, description)
         return

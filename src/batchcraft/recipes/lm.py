@@ -1,0 +1,452 @@
+"""Recipe: train and evaluate the LaCT language model (``batchcraft lm``).
+
+Exact resume: batch ``i`` is a pure function of ``(data seed, i)``, the lr of a step is a pure
+function of the step (:mod:`batchcraft.recipes.schedule`), the global RNG is reseeded per step
+(:func:`batchcraft.recipes.seeding.step_seed`), and a checkpoint folder holds the model
+(``model.safetensors`` + ``config.json``, also what ``lm eval/generate/export`` read) and the
+optimizer state and history (``train_state.safetensors``). A run resumed at step ``s`` therefore
+takes bit-identical steps to an uninterrupted one.
+
+Example::
+
+    model = build_lm(lact_tiny(), seed=0)
+    batches = ByteBatches(load_corpus(max_bytes=2**20), batch_size=8, context=256, seed=0)
+    res = train_lm(model, batches, LMTrainSettings(steps=100), out_dir="runs/lm")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from batchcraft.models.lact_config import LaCTConfig
+from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM
+from batchcraft.recipes.dist import DistInfo, dist_info
+from batchcraft.recipes.schedule import SCHEDULES, LRSchedule, first_divergence
+from batchcraft.recipes.seeding import isolated_rng, seeded, step_seed
+from batchcraft.recipes.session import FORMAT_VERSION, TrainSession, settings_dict
+from batchcraft.utils.io import (
+    CheckpointError,
+    load_checkpoint,
+    load_json,
+    load_module_state,
+    resolve_dir,
+    save_checkpoint,
+    write_dir_atomic,
+    write_json,
+)
+from batchcraft.utils.progress import progress_bar
+
+__all__ = [
+    "LMBatch",
+    "LMTrainSettings",
+    "build_lm",
+    "build_optimizer",
+    "evaluate",
+    "load_lm",
+    "load_lm_checkpoint",
+    "save_lm_checkpoint",
+    "to_lm_batch",
+    "train_lm",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMTrainSettings:
+    """What ``batchcraft lm train`` runs (validated on construction)."""
+
+    steps: int = 200
+    batch_size: int = 8
+    context: int = 256  # T: tokens per training window
+    lr: float = 1e-3  # peak lr (paper: AdamW 1e-3, cosine)
+    warmup: int = 20  # linear warm-up steps
+    min_lr_ratio: float = 0.1  # final lr as a fraction of lr
+    schedule: str = "cosine"  # cosine | wsd | constant (see recipes.schedule)
+    optimizer: str = "adamw"  # adamw, or any name of batchcraft.optim.create_optimizer
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    eval_every: int = 0  # 0: only at the end
+    eval_batches: int = 4
+    ckpt_every: int = 0  # 0: only at the end (when out_dir is set)
+
+    FREE: ClassVar[tuple[str, ...]] = ("eval_every", "eval_batches", "ckpt_every")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.context < 2:
+            raise ValueError(f"context must be >= 2, got {self.context}")
+        for name in ("warmup", "eval_every", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        from batchcraft.optim.factory import list_optimizers
+
+        if self.optimizer.lower() not in list_optimizers():
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {list_optimizers()}"
+            )
+        self.lr_schedule()  # validates lr and min_lr_ratio
+
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(
+            peak=self.lr, total=self.steps, warmup=self.warmup, kind=self.schedule,
+            min_lr_ratio=self.min_lr_ratio,
+        )  # fmt: skip
+
+
+@dataclass
+class LMBatch:
+    """One training batch.
+
+    Attributes:
+        inputs: ``[B, T]`` token ids.
+        targets: ``[B, T]`` next-token targets (``targets[:, t]`` follows ``inputs[:, t]``);
+            ``-100`` is not scored.
+        cu_seqlens: ``[N + 1]`` packed-document boundaries for ``B = 1``, or ``None``.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    cu_seqlens: Tensor | None = None
+
+    def to(self, device: torch.device) -> LMBatch:
+        cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device)
+        return LMBatch(self.inputs.to(device), self.targets.to(device), cu)
+
+
+def to_lm_batch(x: LMBatch | Tensor | tuple[Tensor, Tensor | None]) -> LMBatch:
+    """Accept what batch sources yield: an :class:`LMBatch`, a ``[B, T + 1]`` token window
+    (inputs ``x[:, :-1]``, targets ``x[:, 1:]``), or ``(window, cu_seqlens)``."""
+    if isinstance(x, LMBatch):
+        return x
+    cu = None
+    if isinstance(x, tuple):
+        x, cu = x
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2:
+        raise TypeError("a batch must be an LMBatch or a [B, T + 1] tensor of token ids")
+    return LMBatch(x[:, :-1], x[:, 1:], cu)
+
+
+class BatchSource(Protocol):
+    """What :func:`train_lm` draws from: ``get(i)`` is batch ``i`` (a pure function of ``i``)."""
+
+    batch_size: int
+    context: int
+
+    def get(self, step: int) -> Any: ...
+
+    def sequential(self, max_batches: int | None = None) -> Iterable[Any]: ...
+
+
+def build_lm(
+    config: LaCTConfig, seed: int = 0, device: str | torch.device = "cpu"
+) -> LaCTForCausalLM:
+    """A freshly initialised LM whose starting weights are decided by ``seed`` alone."""
+    with seeded(seed):
+        model = LaCTForCausalLM(config)
+    return model.to(device)
+
+
+def build_optimizer(model: torch.nn.Module, s: LMTrainSettings) -> torch.optim.Optimizer:
+    """AdamW with betas (0.9, 0.95) (decay on matrices only), or a named optimizer."""
+    if s.optimizer.lower() == "adamw":
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": s.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95))
+    from batchcraft.optim.factory import create_optimizer
+
+    return create_optimizer(model, s.optimizer, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def _loss(model: torch.nn.Module, b: LMBatch) -> Tensor:
+    logits = model(b.inputs, cu_seqlens=b.cu_seqlens).logits  # [B, T, V]
+    return F.cross_entropy(logits.float().transpose(1, 2), b.targets, ignore_index=IGNORE_INDEX)
+
+
+def train_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, batch: LMBatch, lr: float, clip: float
+) -> float:
+    """One optimizer step; returns the loss. ``model`` may be a DDP wrapper of the LM."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = _loss(model, batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(
+    model: LaCTForCausalLM, batches: Iterable[Any], *, bytes_per_token: float = 1.0
+) -> dict[str, Any]:
+    """Validation loss, bits per byte and the per-position loss curve.
+
+    Args:
+        model: the LM.
+        batches: what a batch source yields (see :func:`to_lm_batch`).
+        bytes_per_token: text bytes per token of the tokenizer (1 for bytes), so bits per byte
+            compare across tokenizers.
+
+    Returns:
+        ``{"loss": nats/token, "bits_per_token", "bpb": bits/byte, "tokens": n,
+        "per_position": [T] mean loss at each position}``.
+    """
+    was = model.training
+    model.eval()
+    total, count = 0.0, 0
+    pos_sum: Tensor | None = None
+    pos_n: Tensor | None = None
+    device = next(model.parameters()).device
+    for raw in batches:
+        b = to_lm_batch(raw).to(device)
+        logits = model(b.inputs, cu_seqlens=b.cu_seqlens).logits.float()  # [B, T, V]
+        nll = F.cross_entropy(
+            logits.transpose(1, 2), b.targets, reduction="none", ignore_index=IGNORE_INDEX
+        )  # [B, T]; 0 where ignored
+        scored = (b.targets != IGNORE_INDEX).to(nll.dtype)  # [B, T]
+        total += float(nll.sum())
+        count += int(scored.sum())
+        pos_sum = nll.sum(0) if pos_sum is None else pos_sum + nll.sum(0)
+        pos_n = scored.sum(0) if pos_n is None else pos_n + scored.sum(0)
+    model.train(was)
+    if count == 0 or pos_sum is None or pos_n is None:
+        raise ValueError("evaluate got no scored tokens (no batches, or every target ignored)")
+    loss = total / count
+    per_pos = (pos_sum / pos_n.clamp_min(1)).masked_fill(pos_n == 0, float("nan"))
+    return {
+        "loss": loss,
+        "bits_per_token": loss / math.log(2),
+        "bpb": loss / math.log(2) / bytes_per_token,
+        "tokens": count,
+        "per_position": per_pos.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _lm_files(
+    model: LaCTForCausalLM,
+    opt: torch.optim.Optimizer | None,
+    step: int,
+    history: list[dict[str, Any]] | None,
+) -> Callable[[Path], None]:
+    def fill(folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        write_json(folder / "config.json", model.config.to_dict())
+        save_checkpoint(
+            folder / "train_state.safetensors",
+            {"step": step, "optimizer": None if opt is None else opt.state_dict(),
+             "history": history or []},
+        )  # fmt: skip
+
+    return fill
+
+
+def save_lm_checkpoint(
+    path: str | Path,
+    model: LaCTForCausalLM,
+    opt: torch.optim.Optimizer | None = None,
+    *,
+    step: int,
+    history: list[dict[str, Any]] | None = None,
+) -> Path:
+    """Write ``path/`` = model.safetensors + config.json + train_state.safetensors, atomically."""
+    meta = {"format": FORMAT_VERSION, "recipe": "lm", "step": step, "settings": {}}
+    return write_dir_atomic(path, _lm_files(model, opt, step, history), meta=meta)
+
+
+def load_lm(path: str | Path, map_location: str | torch.device = "cpu") -> LaCTForCausalLM:
+    """The model of a checkpoint folder (``model.safetensors`` + ``config.json``), eval mode.
+
+    Raises:
+        CheckpointError: not a LaCT checkpoint folder, or damaged files.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    complete = (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    folder = p if complete else resolve_dir(p)
+    if folder is None or not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors; "
+            "`lm train` writes them to OUT/checkpoint)"
+        )
+    try:
+        cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
+    except TypeError as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
+    model = LaCTForCausalLM(cfg)
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+    except Exception as exc:  # safetensors' own error types for missing/truncated files
+        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
+    load_module_state(model, state, folder / "model.safetensors")
+    return model.to(map_location).eval()
+
+
+def load_lm_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[LaCTForCausalLM, dict[str, Any]]:
+    """Model (weights loaded) and the train state (``step``, ``optimizer``, ``history``)."""
+    p = Path(path)
+    model = load_lm(p, map_location)
+    has_state = (p / "train_state.safetensors").is_file() or (p / "train_state.pt").is_file()
+    folder = p if has_state else (resolve_dir(p) or p)
+    state_file = folder / "train_state.safetensors"
+    if not state_file.is_file():
+        if (folder / "train_state.pt").is_file():
+            raise CheckpointError(
+                f"{folder} holds a pickled train_state.pt from an older batchcraft; pickles are "
+                "never loaded. Its model still works with `lm eval`/`lm generate`"
+            )
+        raise CheckpointError(f"{folder} has no train_state.safetensors")
+    return model.train(), load_checkpoint(state_file, map_location=map_location)
+
+
+# ------------------------------------------------------------------------------ training
+def _extension_check(s: LMTrainSettings) -> Callable[[Mapping[str, Any], int], str | None]:
+    def check(saved: Mapping[str, Any], done: int) -> str | None:
+        train = dict(saved.get("train", {}))
+        try:
+            old = dataclasses.replace(s, steps=int(train["steps"])).lr_schedule()
+        except (KeyError, TypeError, ValueError):
+            return "the checkpoint does not record its schedule"
+        step = first_divergence(old, s.lr_schedule(), done)
+        if step is None:
+            return None
+        return (
+            f"the {s.schedule} lr schedule spans the whole run, so its lr at step {step + 1} "
+            "differs; use --schedule wsd or constant to extend runs exactly"
+        )
+
+    return check
+
+
+def train_lm(
+    model: LaCTForCausalLM,
+    train: BatchSource,
+    s: LMTrainSettings,
+    *,
+    val: BatchSource | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    allow_change: bool = False,
+    data_meta: Mapping[str, Any] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    progress: str | None = None,
+    stop_after: int | None = None,
+    dist: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` for ``s.steps`` steps on ``train`` batches.
+
+    Args:
+        model: the LM (its weights are replaced by the checkpoint's when resuming).
+        train: batch source; batch ``i`` must depend only on its seed and ``i``.
+        s: settings.
+        val: validation source (sequential windows) for periodic and final evaluation.
+        out_dir: run folder (``checkpoint/`` and ``history.json``); ``None``: no files.
+        resume: continue from ``out_dir/checkpoint`` when it exists (guarded: changed settings
+            are refused unless ``allow_change``).
+        allow_change: resume even when settings differ from the checkpoint's.
+        data_meta: description of the data (part of the guarded settings).
+        on_step: ``fn(step, loss, tokens_per_s)`` after each step.
+        progress: show a progress display with this description.
+        stop_after: stop (and checkpoint) after this global step, as if interrupted.
+        dist: this rank (default: from the initialised process group, if any).
+
+    Returns:
+        ``{"history": [...], "final_eval": {...} | None, "step": last step}``.
+    """
+    dist = dist or dist_info(next(model.parameters()).device)
+    session = TrainSession(
+        "lm", out_dir, dist=dist, resume=resume, allow_change=allow_change,
+        settings={"train": settings_dict(s), "model": model.config.to_dict(),
+                  "data": dict(data_meta or {})},
+        free=LMTrainSettings.FREE, budget_field="train.steps",
+        extension_check=_extension_check(s),
+    )  # fmt: skip
+    folder, _ = session.begin()
+    opt = build_optimizer(model, s)
+    start, history = 0, []
+    if folder is not None:
+        loaded, state = load_lm_checkpoint(folder, map_location=dist.device)
+        model.load_state_dict(loaded.state_dict())
+        if state.get("optimizer") is not None:
+            try:
+                opt.load_state_dict(state["optimizer"])
+            except (KeyError, ValueError) as exc:
+                raise CheckpointError(f"{folder}: optimizer state does not fit: {exc}") from None
+        start, history = int(state["step"]), list(state["history"])
+        if dist.is_main:
+            log.info(f"resumed from {folder} at step {start}")
+    model.train()
+    runner: torch.nn.Module = model
+    if dist.distributed:  # same init on every rank (DDP broadcasts rank 0's weights)
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(model)
+    schedule = s.lr_schedule()
+    end = s.steps if stop_after is None else min(s.steps, stop_after)
+    evaluate_every = s.eval_every if val is not None else 0
+
+    def save(step: int) -> None:
+        session.save(step, _lm_files(model, opt, step, history))
+
+    with isolated_rng(), progress_bar(s.steps if progress else None, progress or "") as bar:
+        if progress and start:
+            bar.advance(start)
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            step_seed(s.seed, step, dist.rank)
+            batch = to_lm_batch(train.get(step * dist.world_size + dist.rank)).to(dist.device)
+            loss = train_step(runner, opt, batch, schedule.lr_at(step), s.grad_clip)
+            dt = time.perf_counter() - t0
+            tps = dist.world_size * batch.inputs.numel() / max(dt, 1e-9)
+            rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
+            if evaluate_every and (step + 1) % evaluate_every == 0:
+                assert val is not None
+                rec["val"] = evaluate(model, val.sequential(s.eval_batches))["loss"]
+            history.append(rec)
+            if progress:
+                bar.advance(1, loss=loss, tok_s=round(tps))
+            if on_step is not None:
+                on_step(step + 1, loss, tps)
+            if s.ckpt_every and (step + 1) % s.ckpt_every == 0 and step + 1 < end:
+                save(step + 1)
+    last = max(end, start)
+    save(last)
+    final = None
+    if val is not None and last == s.steps:
+        final = evaluate(model, val.sequential(s.eval_batches))
+    res = {"history": history, "final_eval": final, "step": last}
+    session.write_json("history.json", {**res, "settings": session.settings})
+    return res
