@@ -4,31 +4,55 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
+import pytest
 from typer.testing import CliRunner
 
-from batchcraft.cli.nvs import register
+from batchcraft.cli.main import app
+
+runner = CliRunner()
+
+
+def _run(*args: object):
+    return runner.invoke(app, ["nvs", *(str(a) for a in args)])
 
 
 def test_nvs_train_eval_render(tmp_path: Path) -> None:
-    app = typer.Typer()
-    register(app)
-    run = CliRunner().invoke
-    ck, png = tmp_path / "m.pt", tmp_path / "grid.png"
-    r = run(app, ["train", "--steps", "2", "--scenes", "2", "--views", "3", "--inputs", "1",
-                  "--targets", "1", "--size", "16", "--batch-size", "2", "--checkpoint", str(ck)])  # fmt: skip
+    out, png = tmp_path / "run", tmp_path / "grid.png"
+    r = _run("train", "--steps", 2, "--scenes", 2, "--views", 3, "--inputs", 1, "--targets", 1,
+             "--size", 16, "--batch-size", 2, "--out", out)  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert ck.exists() and "done: 2 steps" in r.output
-    r = run(
-        app, ["eval", "--checkpoint", str(ck), "--scenes", "2", "--inputs", "1,2", "--targets", "1"]
-    )
+    ck = out / "checkpoint"
+    assert (ck / "model.safetensors").exists() and "done: 2 steps" in r.output
+    r = _run("eval", "--checkpoint", ck, "--scenes", 2, "--inputs", "1,2", "--targets", 1)
     assert r.exit_code == 0, r.output
-    assert "| 1 |" in r.output and "| 2 |" in r.output
-    r = run(app, ["render", "--checkpoint", str(ck), "--out", str(png), "--scenes", "1",
-                  "--inputs", "2", "--targets", "1"])  # fmt: skip
+    assert "| 1 |" in r.stdout and "| 2 |" in r.stdout
+    r = _run("render", "--checkpoint", ck, "--out", png, "--scenes", 1, "--inputs", 2,
+             "--targets", 1)  # fmt: skip
     assert r.exit_code == 0, r.output
     assert png.read_bytes()[:4] == b"\x89PNG"
-    r = run(app, ["eval", "--checkpoint", str(tmp_path / "missing.pt")])
-    assert r.exit_code == 2
-    r = run(app, ["train", "--preset", "huge", "--checkpoint", str(ck)])
-    assert r.exit_code == 2 and "preset must be one of" in r.output
+
+
+BAD_NVS = [
+    ["train", "--inputs=-1"],
+    ["train", "--inputs", "a,b"],
+    ["train", "--inputs", "4", "--views", "4"],
+    ["train", "--lr", "nan"],
+    ["train", "--steps", "0"],
+    ["train", "--preset", "huge"],
+    ["train", "--mixer", "mamba"],
+    ["train", "--size", "4"],
+    ["train", "--out", "{tmp}/file.txt"],
+    ["eval", "--checkpoint", "{tmp}/missing"],
+    ["eval", "--checkpoint", "{tmp}", "--inputs", "0"],
+    ["render", "--checkpoint", "{tmp}/missing"],
+    ["render", "--checkpoint", "{tmp}", "--out", "{tmp}"],
+]
+
+
+@pytest.mark.parametrize("args", BAD_NVS, ids=lambda a: " ".join(a))
+def test_nvs_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    r = runner.invoke(app, ["nvs", *(a.format(tmp=tmp_path) for a in args)])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output

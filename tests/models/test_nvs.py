@@ -14,16 +14,8 @@ from batchcraft.models.nvs import (
     attention_baseline,
     nvs_tiny,
 )
-from batchcraft.models.nvs_train import (
-    TrainConfig,
-    evaluate_nvs,
-    load_nvs,
-    psnr,
-    save_grid,
-    split_views,
-    ssim,
-    train_nvs,
-)
+from batchcraft.models.nvs_eval import evaluate_nvs, psnr, save_grid, split_views, ssim
+from batchcraft.recipes.nvs import NVSTrainSettings, build_nvs, load_nvs, train_nvs
 
 SMALL = NVSConfig(image_size=16, patch=4, hidden=32, layers=2, attn_head_dim=16, muon_steps=3)
 MIXERS = ["lact", "attention"]
@@ -129,20 +121,24 @@ def test_ssim_known_values() -> None:
 
 
 def test_twenty_step_training_lowers_loss_and_resumes(data: SceneViews, tmp_path) -> None:
-    torch.manual_seed(0)
-    m = NVSModel(SMALL)
-    cfg = TrainConfig(
-        steps=20, batch_size=3, lr=3e-3, warmup=2, input_views=(3,), checkpoint_every=10
+    m = build_nvs(SMALL, seed=0)
+    cfg = NVSTrainSettings(
+        steps=20, batch_size=3, lr=3e-3, warmup=2, input_views=(3,), ckpt_every=10
     )
-    ck = tmp_path / "nvs.pt"
-    hist = train_nvs(m, data, cfg, checkpoint=ck)
+    hist = train_nvs(m, data, cfg, out_dir=tmp_path)
     first, last = sum(hist["losses"][:3]) / 3, sum(hist["losses"][-3:]) / 3
     assert last < 0.7 * first, (first, last)
     # resuming a finished run does no more steps and keeps the history
-    m2 = load_nvs(ck)
+    m2 = load_nvs(tmp_path / "checkpoint")
     assert_close(m2.decode.weight, m.decode.weight, rtol=0, atol=0)
-    hist2 = train_nvs(NVSModel(SMALL), data, cfg, checkpoint=ck)
+    hist2 = train_nvs(build_nvs(SMALL, seed=1), data, cfg, out_dir=tmp_path, resume=True)
     assert hist2["losses"] == hist["losses"]
+    # an interrupted run resumes bit-identically
+    train_nvs(build_nvs(SMALL, seed=0), data, cfg, out_dir=tmp_path / "k", stop_after=7)
+    m3 = build_nvs(SMALL, seed=5)
+    hist3 = train_nvs(m3, data, cfg, out_dir=tmp_path / "k", resume=True)
+    assert hist3["losses"] == hist["losses"]
+    assert_close(m3.decode.weight, m.decode.weight, rtol=0, atol=0)
     r = evaluate_nvs(m, data, num_inputs=3, num_targets=2)
     assert set(r) == {"psnr", "ssim", "psnr_mean_colour"}
     png = save_grid(tmp_path / "g.png", [data.images[0, :3], data.images[1, :2]])

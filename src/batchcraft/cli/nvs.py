@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from batchcraft.cli._common import output_file, positive
+
 __all__ = ["register"]
 
-_CKPT = Path("runs/nvs/model.pt")
+log = logging.getLogger("batchcraft.cli.nvs")
+
+_OUT = Path("runs/nvs")
+_CKPT = _OUT / "checkpoint"
+
+
+def _counts(text: str) -> list[int]:
+    """``"2,4"`` -> ``[2, 4]``; every count an integer >= 1."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be comma-separated integers like '2,4', got {text!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"view counts must be >= 1, got {text!r}")
+    return counts
 
 
 def train(
@@ -19,88 +38,93 @@ def train(
     ] = "lact",
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
     batch_size: Annotated[int, typer.Option(min=1, help="Scenes per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 2e-3,
+    lr: Annotated[float, typer.Option(callback=positive, help="AdamW peak learning rate.")] = 2e-3,
     scenes: Annotated[int, typer.Option(min=1, help="Training scenes rendered.")] = 256,
     views: Annotated[int, typer.Option(min=2, help="Views rendered per training scene.")] = 6,
     inputs: Annotated[
         str, typer.Option(help="Input-view counts drawn per step, e.g. '2,4'.")
     ] = "4",
     targets: Annotated[int, typer.Option(min=1, help="Target views per scene and step.")] = 2,
-    size: Annotated[int, typer.Option(help="Image size in pixels (32-64).")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of the weights and the view sampler.")] = 0,
+    size: Annotated[int, typer.Option(min=8, max=256, help="Image size in pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Decides the weights and every step's views.")] = 0,
     threads: Annotated[int, typer.Option(min=0, help="torch CPU threads (0: default).")] = 0,
-    checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint file (written atomically; resumed when present).")
-    ] = _CKPT,
+    ckpt_every: Annotated[int, typer.Option(min=0, help="Checkpoint every N steps.")] = 100,
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoint/ inside).")] = _OUT,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = True,
+    allow_change: Annotated[
+        bool, typer.Option(help="Resume even though settings differ from the checkpoint's.")
+    ] = False,
 ) -> None:
-    """Train LaCT-NVS (or the attention baseline) on procedural scenes; resumes from a checkpoint."""
+    """Train LaCT-NVS (or the attention baseline) on procedural scenes, with exact resume."""
     import torch
 
     from batchcraft.data.scenes import render_dataset
-    from batchcraft.models.nvs import NVS_PRESETS, NVSModel, attention_baseline
-    from batchcraft.models.nvs_train import TrainConfig, train_nvs
-    from batchcraft.utils.progress import console
+    from batchcraft.models.nvs import NVS_PRESETS, attention_baseline
+    from batchcraft.recipes.nvs import NVSTrainSettings, build_nvs, train_nvs
+    from batchcraft.utils.io import check_writable_dir
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        if preset not in NVS_PRESETS:
-            raise ValueError(f"preset must be one of {sorted(NVS_PRESETS)}, got {preset!r}")
-        cfg = NVS_PRESETS[preset](image_size=size)
-        if mixer == "attention":
-            cfg = attention_baseline(cfg)
-        elif mixer != "lact":
-            raise ValueError(f"mixer must be 'lact' or 'attention', got {mixer!r}")
-        n_in = tuple(int(x) for x in inputs.split(","))
-        tcfg = TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, input_views=n_in,
-            target_views=targets, seed=seed,
-        )  # fmt: skip
-        data = render_dataset("train", num_scenes=scenes, num_views=views, size=size)
-        torch.manual_seed(seed)
-        model = NVSModel(cfg)
-        hist = train_nvs(model, data, tcfg, checkpoint=checkpoint)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    if preset not in NVS_PRESETS:
+        raise typer.BadParameter(f"--preset must be one of {sorted(NVS_PRESETS)}, got {preset!r}")
+    if mixer not in ("lact", "attention"):
+        raise typer.BadParameter(f"--mixer must be 'lact' or 'attention', got {mixer!r}")
+    cfg = NVS_PRESETS[preset](image_size=size)
+    if mixer == "attention":
+        cfg = attention_baseline(cfg)
+    tcfg = NVSTrainSettings(
+        steps=steps, batch_size=batch_size, lr=lr, input_views=tuple(_counts(inputs)),
+        target_views=targets, seed=seed, ckpt_every=ckpt_every,
+    )  # fmt: skip
+    if max(tcfg.input_views) + targets > views:
+        raise typer.BadParameter(
+            f"inputs + targets ({max(tcfg.input_views)} + {targets}) exceed --views ({views})"
+        )
+    check_writable_dir(out)
+    data = render_dataset("train", num_scenes=scenes, num_views=views, size=size)
+    model = build_nvs(cfg, seed)
+    meta = {"scenes": scenes, "views": views, "size": size}
+    hist = train_nvs(
+        model, data, tcfg, out_dir=out, resume=resume, allow_change=allow_change,
+        data_meta=meta, progress="nvs train",
+    )  # fmt: skip
     last = hist["losses"][-10:]
-    console.print(
+    log.info(
         f"done: {hist['steps']} steps, final loss {sum(last) / max(1, len(last)):.4f}; "
-        f"checkpoint {checkpoint}",
-        highlight=False,
+        f"checkpoint {out / 'checkpoint'}"
     )
 
 
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `nvs train`.")] = _CKPT,
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint folder from `nvs train` (OUT/checkpoint).")
+    ] = _CKPT,
     scenes: Annotated[int, typer.Option(min=1, help="Held-out test scenes.")] = 32,
     inputs: Annotated[str, typer.Option(help="Input-view counts to evaluate, e.g. '2,4,8'.")] = "4",
     targets: Annotated[int, typer.Option(min=1, help="Target views per scene.")] = 2,
 ) -> None:
     """PSNR / SSIM on held-out scenes (and the mean-colour baseline's PSNR)."""
     from batchcraft.data.scenes import render_dataset
-    from batchcraft.models.nvs_train import evaluate_nvs, load_nvs
-    from batchcraft.utils.progress import console
+    from batchcraft.models.nvs_eval import evaluate_nvs
+    from batchcraft.recipes.nvs import load_nvs
 
-    if not checkpoint.exists():
-        console.print(f"[red]checkpoint {checkpoint} not found; run `batchcraft nvs train`[/red]")
-        raise typer.Exit(2)
+    counts = _counts(inputs)
     model = load_nvs(checkpoint)
-    counts = [int(x) for x in inputs.split(",")]
     size = model.cfg.image_size
     data = render_dataset("test", num_scenes=scenes, num_views=max(counts) + targets, size=size)
-    console.print("| inputs | PSNR [dB] | SSIM | mean-colour PSNR [dB] |\n|---|---|---|---|")
+    typer.echo("| inputs | PSNR [dB] | SSIM | mean-colour PSNR [dB] |\n|---|---|---|---|")
     for n in counts:
         r = evaluate_nvs(model, data, num_inputs=n, num_targets=targets)
-        console.print(
-            f"| {n} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['psnr_mean_colour']:.2f} |",
-            highlight=False,
-        )
+        typer.echo(f"| {n} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['psnr_mean_colour']:.2f} |")
 
 
 def render(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint from `nvs train`.")] = _CKPT,
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("runs/nvs/grid.png"),
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint folder from `nvs train` (OUT/checkpoint).")
+    ] = _CKPT,
+    out: Annotated[Path, typer.Option(callback=output_file, help="PNG to write.")] = Path(
+        "runs/nvs/grid.png"
+    ),
     scenes: Annotated[int, typer.Option(min=1, help="Test scenes (one block of rows each).")] = 3,
     inputs: Annotated[int, typer.Option(min=1, help="Input views.")] = 4,
     targets: Annotated[int, typer.Option(min=1, help="Target views.")] = 2,
@@ -109,12 +133,9 @@ def render(
     import torch
 
     from batchcraft.data.scenes import render_dataset
-    from batchcraft.models.nvs_train import load_nvs, save_grid, split_views
-    from batchcraft.utils.progress import console
+    from batchcraft.models.nvs_eval import save_grid, split_views
+    from batchcraft.recipes.nvs import load_nvs
 
-    if not checkpoint.exists():
-        console.print(f"[red]checkpoint {checkpoint} not found; run `batchcraft nvs train`[/red]")
-        raise typer.Exit(2)
     model = load_nvs(checkpoint)
     data = render_dataset(
         "test", num_scenes=scenes, num_views=inputs + targets, size=model.cfg.image_size
@@ -126,7 +147,7 @@ def render(
         )
     rows = [r for s in range(scenes) for r in (inp.images[s], pred[s], tgt.images[s])]
     save_grid(out, rows)
-    console.print(f"wrote {out} (rows per scene: inputs, prediction, ground truth)")
+    log.info(f"wrote {out} (rows per scene: inputs, prediction, ground truth)")
 
 
 def register(app: typer.Typer) -> None:

@@ -72,13 +72,8 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     """Train both models, evaluate PSNR/SSIM vs views, time reconstruct/render vs views."""
     from batchcraft.data.scenes import render_dataset
     from batchcraft.models.nvs import NVSModel, attention_baseline, nvs_tiny
-    from batchcraft.models.nvs_train import (
-        TrainConfig,
-        evaluate_nvs,
-        image_grid,
-        split_views,
-        train_nvs,
-    )
+    from batchcraft.models.nvs_eval import evaluate_nvs, image_grid, split_views
+    from batchcraft.recipes.nvs import NVSTrainSettings, build_nvs, train_nvs
     from batchcraft.utils.plot import pyplot
 
     s = _settings(ctx.quick)
@@ -96,12 +91,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     models: dict[str, NVSModel] = {}
     for seed in seeds:
         for name, cfg in cfgs.items():
-            torch.manual_seed(seed)
-            model = NVSModel(cfg)
-            tc = TrainConfig(
+            model = build_nvs(cfg, seed)
+            tc = NVSTrainSettings(
                 steps=s["steps"], batch_size=s["batch"], input_views=VIEWS_EVAL, seed=seed
             )
-            hist = train_nvs(model, train, tc, description=f"nvs {name} seed {seed}")
+            hist = train_nvs(model, train, tc, progress=f"nvs {name} seed {seed}")
             losses.setdefault(name, hist["losses"])
             secs[name].append(hist["seconds"])
             models.setdefault(name, model)
