@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["LOGGER_NAME", "configure_logging", "get_logger", "is_quiet"]
+from rich.console import Console
+
+__all__ = ["LOGGER_NAME", "configure_logging", "console", "get_logger", "is_quiet"]
 
 LOGGER_NAME = "batchcraft"
+
+console = Console(stderr=True, soft_wrap=True)  # log lines never wrap mid-sentence
 
 
 def get_logger(name: str = LOGGER_NAME) -> logging.Logger:
@@ -24,8 +28,6 @@ def configure_logging(verbosity: int = 0) -> None:
             ``1`` or more verbose (debug).
     """
     from rich.logging import RichHandler
-
-    from batchcraft.utils.progress import console
 
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     root = logging.getLogger(LOGGER_NAME)

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -19,11 +18,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from batchcraft.utils.log import console, is_quiet
+
 T = TypeVar("T")
 
 __all__ = ["console", "interactive", "progress_bar", "track"]
-
-console = Console(stderr=True, soft_wrap=True)  # log lines never wrap mid-sentence
 
 
 def interactive() -> bool:
@@ -81,8 +80,6 @@ def progress_bar(total: int | None, description: str) -> Iterator[_Task]:
     Draws a rich bar with a time estimate on a terminal; in CI or when piped, prints a line at
     most every 10 seconds so logs stay short.
     """
-    from batchcraft.utils.log import is_quiet
-
     if is_quiet():  # --quiet: no bar and no progress lines
         yield _Task(None, None, total, description, silent=True)
         return
