@@ -9,14 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from batchcraft.experiments.adan import (
-    SmallCNN,
     TaskSetting,
-    TinyLM,
     _lr_factor,
     _seeded,
     steps_to_target,
     train_curve,
 )
+from batchcraft.models.small import ByteTransformerLM, SmallCNN
 
 
 def test_steps_to_target() -> None:
@@ -35,7 +34,7 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
 
 def test_seeded_init_is_deterministic_and_leaves_global_rng() -> None:
     state = torch.random.get_rng_state()
-    a, b = _seeded(TinyLM(16, 1, 2, 8), 3), _seeded(TinyLM(16, 1, 2, 8), 3)
+    a, b = _seeded(ByteTransformerLM(16, 1, 2, 8), 3), _seeded(ByteTransformerLM(16, 1, 2, 8), 3)
     torch.random.set_rng_state(state)
     for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q), n

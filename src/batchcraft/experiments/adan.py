@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric, Verdict
+from batchcraft.models.small import ByteTransformerLM, SmallCNN
 from batchcraft.optim import create_optimizer
 from batchcraft.registry import register_experiment
 
-__all__ = ["TaskSetting", "TinyLM", "run", "step_ratio", "steps_to_target", "train_curve"]
+__all__ = ["TaskSetting", "run", "step_ratio", "steps_to_target", "train_curve"]
 
 
 @dataclass(frozen=True)
@@ -38,41 +39,6 @@ class TaskSetting:
     adamw: dict[str, Any]
     adan: dict[str, Any]
     warmup_frac: float = 0.05
-
-
-class SmallCNN(nn.Module):
-    """``x: [B, 1, H, W]`` -> logits ``[B, classes]``: two conv-ReLU-pool stages and a linear head."""
-
-    def __init__(self, classes: int, width: int = 16) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(1, width, 3, padding=1)
-        self.c2 = nn.Conv2d(width, 2 * width, 3, padding=1)
-        self.head = nn.Linear(2 * width, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.max_pool2d(F.relu(self.c1(x)), 2)  # [B, w, H/2, W/2]
-        x = F.max_pool2d(F.relu(self.c2(x)), 2)  # [B, 2w, H/4, W/4]
-        return self.head(x.mean(dim=(2, 3)))  # [B, classes]
-
-
-class TinyLM(nn.Module):
-    """Byte-level causal Transformer: ``ids: [B, T]`` -> logits ``[B, T, 256]`` (pre-norm)."""
-
-    def __init__(self, d: int = 64, layers: int = 2, heads: int = 4, context: int = 64) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(256, d)
-        self.pos = nn.Parameter(torch.zeros(context, d))
-        layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True,
-                                           norm_first=True)  # fmt: skip
-        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.out = nn.Linear(d, 256)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        t = ids.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(t)  # [T, T]
-        h = self.blocks(self.emb(ids) + self.pos[:t], mask=mask, is_causal=True)  # [B, T, d]
-        return self.out(self.norm(h))
 
 
 @torch.no_grad()
@@ -197,7 +163,7 @@ def _lm_task(ctx: ExperimentContext) -> tuple[str, Any]:
 
     def make(seed: int) -> tuple[nn.Module, Any, Any]:
         d, layers = (64, 2) if ctx.quick else (128, 4)
-        model = _seeded(TinyLM(d, layers, 4, context), seed)
+        model = _seeded(ByteTransformerLM(d, layers, 4, context), seed)
         batches = ByteBatches(train, batch_size=s.batch, context=context, seed=seed)
 
         def batch(step: int) -> tuple[Tensor, Tensor]:

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from batchcraft.experiments._layernorm_data import digits_sequences, image_sequences, stdlib_text
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric, Verdict
+from batchcraft.models.small import RNNReadout
 from batchcraft.nn.norm import LayerNorm
-from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
 from batchcraft.registry import register_experiment
 
 __all__ = ["digits_sequences", "run", "steps_to_threshold", "train_rnn"]
@@ -33,22 +33,7 @@ __all__ = ["digits_sequences", "run", "steps_to_threshold", "train_rnn"]
 MODELS = ("LSTM", "LN-LSTM", "GRU", "LN-GRU")
 
 
-class _SeqNet(nn.Module):
-    """RNN over ``x: [B, T, I]`` (or byte ids ``[B, T]`` with ``vocab``) and a linear read-out."""
-
-    def __init__(self, kind: str, inp: int, hidden: int, out: int, vocab: int = 0) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, inp) if vocab else None
-        cls = LayerNormLSTM if "LSTM" in kind else LayerNormGRU
-        self.rnn = cls(inp, hidden, batch_first=True, layer_norm=kind.startswith("LN"))
-        self.head = nn.Linear(hidden, out)
-
-    def forward(self, x: Tensor, every_step: bool) -> Tensor:
-        h = self.rnn(self.embed(x) if self.embed is not None else x)[0]  # [B, T, H]
-        return self.head(h if every_step else h[:, -1])
-
-
-def _init_(model: _SeqNet, g: torch.Generator) -> None:
+def _init_(model: RNNReadout, g: torch.Generator) -> None:
     """Seeded init from a private generator; LN gains 1 and shifts 0 (identical shared weights)."""
     for name, p in model.named_parameters():
         with torch.no_grad():
@@ -74,7 +59,7 @@ def train_rnn(
     """Train one model with Adam; returns per-step training losses and periodic held-out losses."""
     g = torch.Generator().manual_seed(seed)
     lm = data["task"] == "lm"
-    model = _SeqNet(kind, data["inp"], data["hidden"], data["out"], data.get("vocab", 0))
+    model = RNNReadout(kind, data["inp"], data["hidden"], data["out"], data.get("vocab", 0))
     _init_(model, torch.Generator().manual_seed(1000 + seed))  # same weights for LN and no-LN
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     hist: dict[str, list[float]] = {"train": [], "eval": [], "eval_step": []}
