@@ -21,7 +21,14 @@ def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_killed_then_resumed(
-    args: list[str], progress_file, *, reached, seed: int, timeout: float = 300
+    args: list[str],
+    progress_file,
+    *,
+    reached,
+    seed: int,
+    timeout: float = 300,
+    launcher: list[str] | None = None,
+    resume_launcher: list[str] | None = None,
 ) -> None:
     """Run ``batchcraft *args`` in a subprocess, ``kill -9`` it at a random moment after
     ``reached(progress_file)`` first holds, then run the same command again to completion.
@@ -31,6 +38,9 @@ def run_killed_then_resumed(
         progress_file: a file whose content tells how far the run is (e.g. a checkpoint manifest).
         reached: ``fn(path) -> bool``: the first run may be killed from this point on.
         seed: decides the random extra delay (0-400 ms) before the kill.
+        launcher: command prefix instead of ``python`` (e.g. torchrun with its options); the
+            whole process group is killed.
+        resume_launcher: prefix of the resuming run (default: ``launcher``).
     """
     import os
     import random
@@ -39,9 +49,14 @@ def run_killed_then_resumed(
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "batchcraft.cli.main", *args]
+    def command(prefix: list[str] | None) -> list[str]:
+        return [*(prefix or [sys.executable]), "-m", "batchcraft.cli.main", *args]
+
+    cmd = command(launcher)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     t0 = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - t0 < timeout:
@@ -51,11 +66,29 @@ def run_killed_then_resumed(
                 ok = False
             if ok:
                 time.sleep(random.Random(seed).uniform(0.0, 0.4))
-                proc.send_signal(signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
                 break
             time.sleep(0.02)
     finally:
         out = proc.communicate(timeout=timeout)[0]
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed:\n{out!r}"
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    again = command(resume_launcher if resume_launcher is not None else launcher)
+    res = subprocess.run(again, env=env, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torchrun(nproc: int) -> list[str]:
+    """``python -m torch.distributed.run`` for ``nproc`` CPU processes on a free port."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-port", str(free_port())]  # fmt: skip

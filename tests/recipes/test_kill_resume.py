@@ -38,8 +38,10 @@ def test_lm_kill9_resume_is_bit_identical(tmp_path, seed):
         args(tmp_path / "k"), tmp_path / "k" / "checkpoint" / "manifest.json",
         reached=lambda m: _step(m) >= 3 + 4 * seed, seed=seed,
     )  # fmt: skip
-    a = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors")
-    b = load_file(tmp_path / "k" / "checkpoint" / "model.safetensors")
+    from batchcraft.recipes.lm import load_lm
+
+    a = load_lm(tmp_path / "ref" / "checkpoint").state_dict()
+    b = load_lm(tmp_path / "k" / "checkpoint").state_dict()
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     ha = json.loads((tmp_path / "ref" / "history.json").read_text())["history"]
     hb = json.loads((tmp_path / "k" / "history.json").read_text())["history"]

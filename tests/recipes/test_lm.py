@@ -144,16 +144,19 @@ def test_damaged_checkpoints_give_one_clear_error(tmp_path):
     s = LMTrainSettings(steps=2, batch_size=2, context=24, warmup=1)
     train_lm(build_lm(_cfg(), 0), _batches(), s, out_dir=tmp_path)
     ck = tmp_path / "checkpoint"
-    weights = ck / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    shard = next((ck / "state").glob("*.safetensors"))
+    good = shard.read_bytes()
+    shard.write_bytes(good[:100])  # truncated
     with pytest.raises(CheckpointError):
         load_lm(ck)
     with pytest.raises(CheckpointError, match="incomplete or damaged"):
         train_lm(build_lm(_cfg(), 0), _batches(), s, out_dir=tmp_path, resume=True)
+    shard.write_bytes(good)
+    # weights of another configuration
+    save_lm_checkpoint(tmp_path / "other", build_lm(_cfg(hidden_size=32, mlp_hidden=64), 0))
+    shutil.copy(ck / "config.json", tmp_path / "other" / "config.json")
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        save_lm_checkpoint(tmp_path / "other", build_lm(_cfg(hidden_size=32), 0), step=0)
-        shutil.copy(tmp_path / "other" / "model.safetensors", weights)
-        load_lm(ck)
+        load_lm(tmp_path / "other")
 
 
 def test_pickled_train_state_is_never_loaded(tmp_path):
@@ -165,6 +168,7 @@ def test_pickled_train_state_is_never_loaded(tmp_path):
             return (open, (str(marker), "w"))
 
     save_lm_checkpoint(tmp_path / "ck", build_lm(_cfg(), 0), step=1)
+    assert load_lm(tmp_path / "ck") is not None
     (tmp_path / "ck" / "train_state.safetensors").unlink()
     (tmp_path / "ck" / "manifest.json").unlink()  # as an older batchcraft wrote it
     torch.save({"x": Payload()}, tmp_path / "ck" / "train_state.pt")
@@ -229,7 +233,9 @@ def test_cli_train_eval_generate(tmp_path):
     res = _invoke("lm", "train", "--text", text, "--steps", 3, "--batch", 2, "--context", 32,
                   "--out", out, "--warmup", 1)  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert (out / "checkpoint" / "model.safetensors").is_file()
+    assert (out / "checkpoint" / "config.json").is_file() and (
+        out / "checkpoint" / "state"
+    ).is_dir()
     res = _invoke("lm", "eval", "--checkpoint", out / "checkpoint", "--text", text,
                   "--context", 32, "--batches", 1)  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -238,6 +244,10 @@ def test_cli_train_eval_generate(tmp_path):
     res = _invoke("lm", "generate", "--checkpoint", out / "checkpoint", "--prompt", "def",
                   "--max-new-tokens", 5)  # fmt: skip
     assert res.exit_code == 0 and res.stdout.startswith("def")
+    res = _invoke("lm", "export", "--checkpoint", out / "checkpoint", "--out", tmp_path / "exp")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exp" / "model.safetensors").is_file()
+    assert _same_weights(load_lm(tmp_path / "exp"), load_lm(out / "checkpoint"))
 
 
 def test_cli_same_seed_same_run_and_seed_changes_init(tmp_path):

@@ -47,7 +47,9 @@ def train(
     ] = None,
     muon: Annotated[bool, typer.Option(help="Muon (Newton-Schulz) fast-weight updates.")] = False,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total.")] = 200,
-    batch: Annotated[int, typer.Option(min=1, help="Windows per step (per rank).")] = 8,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Windows per step, over all ranks (global batch).")
+    ] = 8,
     lr: Annotated[float, typer.Option(callback=positive, help="Peak learning rate.")] = 1e-3,
     schedule: Annotated[
         str,
@@ -63,6 +65,16 @@ def train(
     ckpt_every: Annotated[int, typer.Option(min=0, help="Checkpoint every N steps.")] = 50,
     max_bytes: Annotated[int, typer.Option(min=1, help="Corpus bytes read per split.")] = 4_000_000,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    parallel: Annotated[
+        str,
+        typer.Option(
+            help="Under torchrun: ddp (replicated) or fsdp (FSDP2, sharded weights, "
+            "gradients and optimizer state; bf16 compute on GPU)."
+        ),
+    ] = "ddp",
+    activation_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute each block in the backward pass (less memory).")
+    ] = False,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoint/ inside).")] = Path("runs/lm"),
     resume: Annotated[
         bool, typer.Option(help="Continue from OUT/checkpoint when it exists.")
@@ -91,7 +103,8 @@ def train(
     s = LMTrainSettings(
         steps=steps, batch_size=batch, context=context, lr=lr, optimizer=optimizer,
         schedule=schedule, warmup=warmup, seed=seed, eval_every=eval_every,
-        eval_batches=eval_batches, ckpt_every=ckpt_every,
+        eval_batches=eval_batches, ckpt_every=ckpt_every, parallel=parallel,
+        activation_checkpointing=activation_checkpointing,
     )  # fmt: skip
     check_writable_dir(out)  # before reading the corpus or building the model
     tr_c, va_c = load_text_splits(
@@ -214,8 +227,24 @@ def generate(
     typer.echo(tok.decode(out[0]))
 
 
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `lm train`.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (model.safetensors + config.json).")],
+) -> None:
+    """Write one model.safetensors + config.json from a (possibly sharded) training checkpoint."""
+    from batchcraft.recipes.lm import export_lm
+    from batchcraft.utils.io import check_writable_dir
+
+    check_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"--out {out} is a file; give a folder")
+    dest = export_lm(checkpoint, out)
+    log.info(f"wrote {dest / 'model.safetensors'} and config.json")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``eval`` and ``generate`` to the ``lm`` group."""
+    """Add ``train``, ``eval``, ``generate`` and ``export`` to the ``lm`` group."""
     app.command("train")(train)
     app.command("eval")(evaluate)
     app.command("generate")(generate)
+    app.command("export")(export)

@@ -31,15 +31,23 @@ from torch import Tensor
 
 from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM
-from batchcraft.recipes.dist import DistInfo, dist_info
+from batchcraft.recipes.checkpoint import (
+    STATE_DIR,
+    load_model_state,
+    load_train_state,
+    save_train_state,
+)
+from batchcraft.recipes.dist import DistInfo, all_reduce_sum, dist_info
 from batchcraft.recipes.schedule import SCHEDULES, LRSchedule, first_divergence
 from batchcraft.recipes.seeding import isolated_rng, seeded, step_seed
 from batchcraft.recipes.session import FORMAT_VERSION, TrainSession, settings_dict
 from batchcraft.utils.io import (
     CheckpointError,
+    commit_dir,
     load_checkpoint,
     load_json,
     load_module_state,
+    prepare_dir,
     resolve_dir,
     save_checkpoint,
     write_dir_atomic,
@@ -53,14 +61,18 @@ __all__ = [
     "build_lm",
     "build_optimizer",
     "evaluate",
+    "export_lm",
     "load_lm",
     "load_lm_checkpoint",
+    "parallelize",
     "save_lm_checkpoint",
     "to_lm_batch",
     "train_lm",
 ]
 
 log = logging.getLogger(__name__)
+
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +93,13 @@ class LMTrainSettings:
     eval_every: int = 0  # 0: only at the end
     eval_batches: int = 4
     ckpt_every: int = 0  # 0: only at the end (when out_dir is set)
+    parallel: str = "ddp"  # with torchrun: ddp (replicated) or fsdp (FSDP2, sharded)
+    activation_checkpointing: bool = False  # recompute each block in the backward pass
 
-    FREE: ClassVar[tuple[str, ...]] = ("eval_every", "eval_batches", "ckpt_every")
+    # may change on resume: they change neither the batches nor the maths
+    FREE: ClassVar[tuple[str, ...]] = (
+        "eval_every", "eval_batches", "ckpt_every", "parallel", "activation_checkpointing",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_batches"):
@@ -97,6 +114,8 @@ class LMTrainSettings:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         from batchcraft.optim.factory import list_optimizers
@@ -250,25 +269,39 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _lm_files(
+def _save_checkpoint(
+    dest: Path,
     model: LaCTForCausalLM,
     opt: torch.optim.Optimizer | None,
+    *,
     step: int,
-    history: list[dict[str, Any]] | None,
-) -> Callable[[Path], None]:
-    def fill(folder: Path) -> None:
-        from safetensors.torch import save_file
+    history: list[dict[str, Any]],
+    dist: DistInfo,
+    meta: Mapping[str, Any],
+) -> Path:
+    """Every rank calls this: shards via DCP, then rank 0 seals and swaps the folder."""
+    import torch.distributed as tdist
 
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
-        write_json(folder / "config.json", model.config.to_dict())
+    def barrier() -> None:
+        if dist.distributed:
+            tdist.barrier()
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if dist.is_main:
+        tmp = prepare_dir(dest)
+    barrier()
+    skeleton = save_train_state(tmp, model, opt, distributed=dist.distributed)
+    barrier()
+    if dist.is_main:
+        write_json(tmp / "config.json", model.config.to_dict())
         save_checkpoint(
-            folder / "train_state.safetensors",
-            {"step": step, "optimizer": None if opt is None else opt.state_dict(),
-             "history": history or []},
+            tmp / "train_state.safetensors",
+            {"step": step, "optimizer": skeleton, "history": history,
+             "world_size": dist.world_size},
         )  # fmt: skip
-
-    return fill
+        commit_dir(dest, tmp, meta={**meta, "step": step})
+    barrier()
+    return dest
 
 
 def save_lm_checkpoint(
@@ -276,51 +309,82 @@ def save_lm_checkpoint(
     model: LaCTForCausalLM,
     opt: torch.optim.Optimizer | None = None,
     *,
-    step: int,
+    step: int = 0,
     history: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``path/`` = model.safetensors + config.json + train_state.safetensors, atomically."""
-    meta = {"format": FORMAT_VERSION, "recipe": "lm", "step": step, "settings": {}}
-    return write_dir_atomic(path, _lm_files(model, opt, step, history), meta=meta)
+    """Write a checkpoint folder from one process (``lm train`` writes the same layout)."""
+    meta = {"format": FORMAT_VERSION, "recipe": "lm", "settings": {}}
+    return _save_checkpoint(
+        Path(path), model, opt, step=step, history=history or [], dist=DistInfo(), meta=meta
+    )
+
+
+def export_lm(checkpoint: str | Path, out: str | Path) -> Path:
+    """One ``model.safetensors`` + ``config.json`` from a (possibly sharded) checkpoint."""
+    from safetensors.torch import save_file
+
+    model = load_lm(checkpoint)
+    dest = Path(out)
+
+    def fill(folder: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        write_json(folder / "config.json", model.config.to_dict())
+
+    return write_dir_atomic(dest, fill, meta={"format": FORMAT_VERSION, "recipe": "lm-export"})
+
+
+def _checkpoint_folder(p: Path) -> Path:
+    if (p / "manifest.json").is_file() or p.with_name(f".{p.name}.old").is_dir():
+        folder = resolve_dir(p)  # checks the manifest's file sizes, falls back to .old
+        if folder is not None:
+            return folder
+    if (p / "config.json").is_file() and (
+        (p / "model.safetensors").is_file() or (p / STATE_DIR).is_dir()
+    ):
+        return p
+    folder = resolve_dir(p)
+    if folder is None or not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{p} is not a LaCT checkpoint folder (expected config.json with model.safetensors "
+            f"or {STATE_DIR}/; `lm train` writes OUT/checkpoint)"
+        )
+    return folder
 
 
 def load_lm(path: str | Path, map_location: str | torch.device = "cpu") -> LaCTForCausalLM:
-    """The model of a checkpoint folder (``model.safetensors`` + ``config.json``), eval mode.
+    """The model of a checkpoint folder (trained: sharded ``state/``; exported:
+    ``model.safetensors``), in eval mode, on ``map_location``.
 
     Raises:
         CheckpointError: not a LaCT checkpoint folder, or damaged files.
     """
     from safetensors.torch import load_file
 
-    p = Path(path)
-    complete = (p / "config.json").is_file() and (p / "model.safetensors").is_file()
-    folder = p if complete else resolve_dir(p)
-    if folder is None or not (folder / "config.json").is_file():
-        raise CheckpointError(
-            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors; "
-            "`lm train` writes them to OUT/checkpoint)"
-        )
+    folder = _checkpoint_folder(Path(path))
     try:
         cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
     except TypeError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
     model = LaCTForCausalLM(cfg)
-    try:
-        state = load_file(str(folder / "model.safetensors"), device=str(map_location))
-    except Exception as exc:  # safetensors' own error types for missing/truncated files
-        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
-    load_module_state(model, state, folder / "model.safetensors")
+    if (folder / "model.safetensors").is_file():
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+        except Exception as exc:  # safetensors' own error types for missing/truncated files
+            raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
+        load_module_state(model, state, folder / "model.safetensors")
+    else:
+        load_model_state(folder, model)
     return model.to(map_location).eval()
 
 
 def load_lm_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[LaCTForCausalLM, dict[str, Any]]:
-    """Model (weights loaded) and the train state (``step``, ``optimizer``, ``history``)."""
+    """Model (weights loaded) and the train state record (``step``, ``history``, ...)."""
     p = Path(path)
     model = load_lm(p, map_location)
-    has_state = (p / "train_state.safetensors").is_file() or (p / "train_state.pt").is_file()
-    folder = p if has_state else (resolve_dir(p) or p)
+    folder = _checkpoint_folder(p)
     state_file = folder / "train_state.safetensors"
     if not state_file.is_file():
         if (folder / "train_state.pt").is_file():
@@ -332,7 +396,40 @@ def load_lm_checkpoint(
     return model.train(), load_checkpoint(state_file, map_location=map_location)
 
 
-# ------------------------------------------------------------------------------ training
+def parallelize(model: LaCTForCausalLM, s: LMTrainSettings, dist: DistInfo) -> torch.nn.Module:
+    """Wrap for the job: DDP (replicated) or FSDP2 per block (sharded), with optional per-block
+    activation checkpointing; returns the module to call (FSDP2 changes ``model`` in place).
+
+    FSDP2 on CUDA computes in bf16 with fp32 master weights and fp32 gradient reduction; on the
+    CPU everything stays fp32.
+    """
+    if s.activation_checkpointing:
+        from torch.distributed._composable import checkpoint
+
+        for block in model.blocks:
+            checkpoint(block)
+    if s.parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if not dist.distributed:
+            import torch.distributed as tdist
+
+            if not tdist.is_initialized():
+                return model  # a world of one without a process group: nothing to shard
+        mp = MixedPrecisionPolicy()
+        if dist.device.type == "cuda":
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in model.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    if dist.distributed:  # DDP broadcasts rank 0's weights (identical anyway: seeded init)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model)
+    return model
+
+
 def _extension_check(s: LMTrainSettings) -> Callable[[Mapping[str, Any], int], str | None]:
     def check(saved: Mapping[str, Any], done: int) -> str | None:
         train = dict(saved.get("train", {}))
@@ -395,31 +492,31 @@ def train_lm(
         extension_check=_extension_check(s),
     )  # fmt: skip
     folder, _ = session.begin()
+    if s.batch_size % dist.world_size:
+        raise ValueError(
+            f"batch_size ({s.batch_size}) is the global batch and must be divisible by the "
+            f"number of ranks ({dist.world_size})"
+        )
+    runner = parallelize(model, s, dist)
     opt = build_optimizer(model, s)
     start, history = 0, []
     if folder is not None:
-        loaded, state = load_lm_checkpoint(folder, map_location=dist.device)
-        model.load_state_dict(loaded.state_dict())
-        if state.get("optimizer") is not None:
-            try:
-                opt.load_state_dict(state["optimizer"])
-            except (KeyError, ValueError) as exc:
-                raise CheckpointError(f"{folder}: optimizer state does not fit: {exc}") from None
-        start, history = int(state["step"]), list(state["history"])
+        record = load_checkpoint(folder / "train_state.safetensors")
+        load_train_state(folder, model, opt, record.get("optimizer"))
+        start, history = int(record["step"]), list(record["history"])
         if dist.is_main:
             log.info(f"resumed from {folder} at step {start}")
     model.train()
-    runner: torch.nn.Module = model
-    if dist.distributed:  # same init on every rank (DDP broadcasts rank 0's weights)
-        from torch.nn.parallel import DistributedDataParallel
-
-        runner = DistributedDataParallel(model)
     schedule = s.lr_schedule()
     end = s.steps if stop_after is None else min(s.steps, stop_after)
     evaluate_every = s.eval_every if val is not None else 0
+    rows = s.batch_size // dist.world_size  # this rank's rows of every global batch
 
     def save(step: int) -> None:
-        session.save(step, _lm_files(model, opt, step, history))
+        if session.ckpt_dir is not None:
+            meta = session.manifest_meta()
+            _save_checkpoint(session.ckpt_dir, model, opt, step=step, history=history,
+                             dist=dist, meta=meta)  # fmt: skip
 
     with isolated_rng(), progress_bar(s.steps if progress else None, progress or "") as bar:
         if progress and start:
@@ -427,10 +524,17 @@ def train_lm(
         for step in range(start, end):
             t0 = time.perf_counter()
             step_seed(s.seed, step, dist.rank)
-            batch = to_lm_batch(train.get(step * dist.world_size + dist.rank)).to(dist.device)
+            full = to_lm_batch(train.get(step))
+            sl = slice(dist.rank * rows, (dist.rank + 1) * rows)
+            cu = full.cu_seqlens if dist.world_size == 1 else None
+            if full.cu_seqlens is not None and dist.world_size > 1:
+                raise ValueError("packed batches (cu_seqlens) are not split across ranks yet")
+            batch = LMBatch(full.inputs[sl], full.targets[sl], cu).to(dist.device)
             loss = train_step(runner, opt, batch, schedule.lr_at(step), s.grad_clip)
+            if dist.distributed:
+                loss = all_reduce_sum([loss], dist.device)[0] / dist.world_size
             dt = time.perf_counter() - t0
-            tps = dist.world_size * batch.inputs.numel() / max(dt, 1e-9)
+            tps = full.inputs.numel() / max(dt, 1e-9)
             rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
             if evaluate_every and (step + 1) % evaluate_every == 0:
                 assert val is not None

@@ -195,6 +195,15 @@ class TrainSession:
         if self.dist.is_main:
             log.warning("resuming with changed settings (--allow-change): " + "; ".join(diff))
 
+    def manifest_meta(self) -> dict[str, Any]:
+        """What a checkpoint's manifest records about the run (format, recipe, settings)."""
+        return {
+            "format": FORMAT_VERSION,
+            "recipe": self.recipe,
+            "settings": self.settings,
+            "changes": self.changes,
+        }
+
     def save(self, step: int, fill: Callable[[Path], object], **meta: Any) -> Path | None:
         """Write the checkpoint of ``step`` atomically (rank 0 only); ``fill(folder)`` writes files."""
         if not self.writes:
@@ -203,14 +212,7 @@ class TrainSession:
         return write_dir_atomic(
             self.ckpt_dir,
             fill,
-            meta={
-                "format": FORMAT_VERSION,
-                "recipe": self.recipe,
-                "step": step,
-                "settings": self.settings,
-                "changes": self.changes,
-                **meta,
-            },
+            meta={**self.manifest_meta(), "step": step, **meta},
         )
 
     def write_json(self, name: str, data: Any) -> Path | None:

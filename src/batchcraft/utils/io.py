@@ -27,11 +27,13 @@ __all__ = [
     "CheckpointError",
     "atomic_write",
     "check_writable_dir",
+    "commit_dir",
     "decode_tree",
     "encode_tree",
     "load_checkpoint",
     "load_json",
     "load_module_state",
+    "prepare_dir",
     "resolve_dir",
     "save_checkpoint",
     "write_dir_atomic",
@@ -244,6 +246,36 @@ def _old(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.old")
 
 
+def prepare_dir(dest: str | os.PathLike[str]) -> Path:
+    """An empty temporary sibling ``.<name>.tmp`` of ``dest`` to build a folder in."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_dir(
+    dest: str | os.PathLike[str], tmp: Path, *, meta: dict[str, Any] | None = None
+) -> Path:
+    """Seal ``tmp`` with a manifest and swap it into ``dest`` (see :func:`write_dir_atomic`)."""
+    dest = Path(dest)
+    files = {
+        str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()
+    }
+    write_json(tmp / MANIFEST, {"files": files, **(meta or {})})
+    old = _old(dest)
+    if dest.exists():
+        if old.exists():  # dest is complete, so an older fallback is no longer needed
+            shutil.rmtree(old)
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old.exists():
+        shutil.rmtree(old)
+    return dest
+
+
 def write_dir_atomic(
     dest: str | os.PathLike[str],
     fill: Callable[[Path], object],
@@ -257,23 +289,9 @@ def write_dir_atomic(
     one takes its place and is deleted only afterwards: a run killed between the two renames
     leaves ``.old`` intact, and :func:`resolve_dir` returns it.
     """
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = prepare_dir(dest)
     fill(tmp)
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    write_json(tmp / MANIFEST, {"files": files, **(meta or {})})
-    old = _old(dest)
-    if dest.exists():
-        if old.exists():  # dest is complete, so an older fallback is no longer needed
-            shutil.rmtree(old)
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    if old.exists():
-        shutil.rmtree(old)
-    return dest
+    return commit_dir(dest, tmp, meta=meta)
 
 
 def _complete(folder: Path) -> bool:
