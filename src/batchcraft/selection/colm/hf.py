@@ -143,13 +143,39 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
     Every checkpoint folder also receives the selector state (``colm_selector.pt``); restore it
     with :func:`load_selector_state` before ``trainer.train(resume_from_checkpoint=...)``.
 
+    Gradient accumulation: every micro-batch is one pool with its own selection, and its loss is
+    the mean over its coreset. The optimizer receives the mean of the accumulated micro-batch
+    gradients and the logged loss is the mean of their coreset losses, for any
+    ``gradient_accumulation_steps`` (the Trainer divides by the number of micro-batches; CoLM's
+    loss is per-example, so the Trainer's token count ``num_items_in_batch`` does not apply).
+    Evaluation (model in eval mode) selects nothing: its loss is the mean per-example loss of the
+    whole batch, and the selector state is untouched.
+
     Args:
         selector: the CoLM selector (its probe must wrap the same model object).
-        *args, **kwargs: passed to ``transformers.Trainer``.
+        *args, **kwargs: passed to ``transformers.Trainer`` (``compute_loss_func`` is refused:
+            CoLM computes its own loss).
     """
 
+    # The loss returned by compute_loss is a per-micro-batch mean, so the Trainer must divide it
+    # by the number of accumulated micro-batches (read by transformers versions that have it).
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args: Any, selector: CoLMSelector, **kwargs: Any) -> None:
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "CoLMTrainer computes its own coreset loss; compute_loss_func would be ignored "
+                "and would stop the Trainer from averaging over gradient accumulation, so leave it "
+                "unset"
+            )
         super().__init__(*args, **kwargs)
+        if self.label_smoother is not None:
+            raise ValueError(
+                "CoLMTrainer's coreset loss has no label smoothing; set label_smoothing_factor=0"
+            )
+        # Older transformers decide "already scaled for accumulation" from this flag alone
+        # (True + a token count = no division); CoLM's loss never uses the token count.
+        self.model_accepts_loss_kwargs = False
         self.selector = selector
         self.last_selection: Any = None
         self.add_callback(_SaveSelectorState(selector))
@@ -159,8 +185,13 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
         model: nn.Module,
         inputs: dict[str, torch.Tensor],
         return_outputs: bool = False,
-        num_items_in_batch: Any = None,
+        num_items_in_batch: Any = None,  # unused: CoLM's loss is a mean over examples
     ) -> Any:
+        if not model.training:  # evaluation: plain mean over the batch, no selection
+            out = model(**model_inputs(inputs))
+            per = per_example_lm_loss(out.logits, inputs["labels"])
+            loss = per.mean()
+            return (loss, out) if return_outputs else loss
         sel = self.selector.select(inputs)
         self.last_selection = sel
         batch = subset_batch(inputs, sel.idx)
