@@ -28,7 +28,7 @@ def test_trains_checkpoints_and_resumes(tmp_path):
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output and "done: 124 steps" in res.output
     assert ckpt.exists()
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)  # a plain checkpoint: no pickled objects
     assert state["schedule"]["steps_done"] == 124
     res2 = runner.invoke(app, args)  # finished run: resumes and has nothing left to do
     assert res2.exit_code == 0, res2.output

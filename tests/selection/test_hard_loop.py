@@ -182,7 +182,9 @@ def test_eval_fn_runs_in_eval_mode_each_epoch():
 
 
 @pytest.mark.parametrize(
-    "opts", [{}, {"selector": "random", "reshuffle": True}], ids=["hard", "random-reshuffle"]
+    "opts",
+    [{"decay": True}, {"selector": "random", "reshuffle": True}],
+    ids=["hard-lr-schedule", "random-reshuffle"],
 )
 def test_checkpoint_resume_is_identical(tmp_path, opts):
     full, lfull, _ = run(0.3, epochs=4, **opts)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from batchcraft._capabilities import require
+from batchcraft.selection._safe_load import load_state
 from batchcraft.selection.colm.loss import coreset_loss, per_example_lm_loss
 from batchcraft.selection.colm.probes import model_inputs
 from batchcraft.selection.colm.select import CoLMSelector, subset_batch
@@ -128,11 +129,15 @@ class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,nam
 
 
 def load_selector_state(selector: CoLMSelector, checkpoint: str | Path) -> None:
-    """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`."""
+    """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`.
+
+    The file is read with ``torch.load(weights_only=True)``: a file holding anything but tensors,
+    numbers, strings and containers is refused (``ValueError``) without running its contents.
+    """
     path = Path(checkpoint) / SELECTOR_STATE
     if not path.exists():
         raise ValueError(f"{path} does not exist: not a CoLMTrainer checkpoint folder")
-    selector.load_state_dict(torch.load(path, weights_only=False))
+    selector.load_state_dict(load_state(path, what="CoLM selector state"))
 
 
 class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
