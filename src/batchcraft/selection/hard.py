@@ -101,7 +101,7 @@ def fixed_partition(
         shuffle: one random permutation (from ``generator``) before cutting; ``False`` gives the
             contiguous batches of the authors' code (dataset order).
         generator: private RNG for the permutation.
-        drop_last: drop the final incomplete batch (the spec's default). With ``False`` the last
+        drop_last: drop the final incomplete batch (the default, as in plain ``drop_last`` training). With ``False`` the last
             row is padded with ``-1``, which :class:`FixedBatchSampler` strips.
 
     Returns:
