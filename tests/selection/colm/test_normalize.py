@@ -154,3 +154,19 @@ def test_picks_do_not_depend_on_the_bias_correction_step():
     assert picks[0] == picks[1] == picks[2]
     scale = ratios[0] / ratios[2]
     torch.testing.assert_close(scale, torch.full_like(scale, float(scale[0, 0])), rtol=1e-6, atol=0)
+
+
+def test_normalise_then_sparsify_on_constructed_case():
+    # Raw features: coordinate 0 dominates |mean| (4.08 vs 0.2). After normalisation with a huge
+    # historical v on coordinate 0, |mean U| is ~0.005 there and sqrt(1.5) / 5 = 0.245 on
+    # coordinate 1, so top-1 keeps coordinate 1, where only row 4 is non-zero: it must be picked.
+    # Sparsifying first (mask from raw features) would keep coordinate 0 and never pick row 4.
+    feats = torch.tensor(
+        [[0.0, 0.0], [0.2, 0.0], [10.0, 0.0], [10.2, 0.0], [0.0, 1.0]], dtype=torch.float64
+    )
+    norm = AdamFeatureNormalizer(2, betas=(0.0, 0.5))
+    norm.v = torch.tensor([1e6, 0.0], dtype=torch.float64)
+    norm.t = 1
+    assert topk_mask(feats, 1).tolist() == [0]
+    assert topk_mask(norm.transform(feats)[0], 1).tolist() == [1]
+    assert 4 in colm_select(feats, 2, h=1, normalizer=norm).idx.tolist()
