@@ -29,7 +29,9 @@ def test_trains_checkpoints_and_resumes(tmp_path):
     assert "test accuracy" in res.output and "done: 124 steps" in res.output
     assert "124 steps in total" in res.output  # announced before training (num_training_steps)
     assert ckpt.exists()
-    state = torch.load(ckpt, weights_only=True)  # a plain checkpoint: no pickled objects
+    from batchcraft.utils.io import load_checkpoint
+
+    state = load_checkpoint(ckpt)  # safetensors + JSON: no pickled objects
     assert state["schedule"]["steps_done"] == 124
     res2 = runner.invoke(app, args)  # finished run: resumes and has nothing left to do
     assert res2.exit_code == 0, res2.output

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from batchcraft.selection._safe_load import load_state
 from batchcraft.selection.hard import (
     FixedBatchSampler,
     HighLossSchedule,
@@ -263,8 +262,9 @@ def train_high_loss(
     part_round = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        # weights_only: a crafted file is refused instead of running code while it loads
-        state = load_state(ckpt, what="hard-batch checkpoint")
+        from batchcraft.utils.io import load_checkpoint  # safetensors + JSON: never unpickles
+
+        state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:

@@ -89,9 +89,15 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
     with pytest.raises(ValueError, match="not a CoLMTrainer checkpoint"):
         load_selector_state(fresh, tmp_path)
     # a crafted selector state is refused without running its payload
+    assert (tmp_path / "checkpoint-2" / "colm_selector.safetensors").exists()
     evil, canary = tmp_path / "evil", tmp_path / "canary"
     evil.mkdir()
-    torch.save({"steps": 9, "x": _Payload(canary)}, evil / "colm_selector.pt")
-    with pytest.raises(ValueError, match="refusing to load"):
+    torch.save({"steps": 9, "x": _Payload(canary)}, evil / "colm_selector.safetensors")
+    with pytest.raises(ValueError, match="not a readable batchcraft checkpoint"):
         load_selector_state(fresh, evil)
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"steps": 9, "x": _Payload(canary)}, old / "colm_selector.pt")
+    with pytest.raises(ValueError, match=r"pickled selector state .* not loaded"):
+        load_selector_state(fresh, old)
     assert not canary.exists() and fresh.steps == 2

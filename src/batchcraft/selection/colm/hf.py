@@ -16,7 +16,6 @@ Add CoLM to an existing fine-tuning script in a few lines::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ import torch
 from torch import nn
 
 from batchcraft._capabilities import require
-from batchcraft.selection._safe_load import load_state
 from batchcraft.selection.colm.loss import coreset_loss, per_example_lm_loss
 from batchcraft.selection.colm.probes import model_inputs
 from batchcraft.selection.colm.select import CoLMSelector, subset_batch
+from batchcraft.utils.io import load_checkpoint, save_checkpoint
 
 transformers = require("transformers", "the CoLM Hugging Face integration")
 
@@ -111,7 +110,8 @@ def find_module(model: nn.Module, suffix: str) -> str:
     return hits[0]
 
 
-SELECTOR_STATE = "colm_selector.pt"
+SELECTOR_STATE = "colm_selector.safetensors"
+_PICKLED_STATE = "colm_selector.pt"  # written by older versions with torch.save (pickle)
 
 
 class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,name-defined]
@@ -122,22 +122,25 @@ class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,nam
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{SELECTOR_STATE}.tmp"
-        torch.save(self.selector.state_dict(), tmp)
-        os.replace(tmp, folder / SELECTOR_STATE)
+        save_checkpoint(folder / SELECTOR_STATE, self.selector.state_dict())  # atomic
 
 
 def load_selector_state(selector: CoLMSelector, checkpoint: str | Path) -> None:
     """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`.
 
-    The file is read with ``torch.load(weights_only=True)``: a file holding anything but tensors,
-    numbers, strings and containers is refused (``ValueError``) without running its contents.
+    The state is a safetensors file with a JSON structure: nothing is unpickled, so a crafted
+    file cannot run code. A pickled ``colm_selector.pt`` from an older version is refused.
     """
-    path = Path(checkpoint) / SELECTOR_STATE
+    folder = Path(checkpoint)
+    path = folder / SELECTOR_STATE
     if not path.exists():
+        if (folder / _PICKLED_STATE).exists():
+            raise ValueError(
+                f"{folder / _PICKLED_STATE} is a pickled selector state from an older batchcraft; "
+                "it is not loaded (unpickling can run code): resume without it or re-save it"
+            )
         raise ValueError(f"{path} does not exist: not a CoLMTrainer checkpoint folder")
-    selector.load_state_dict(load_state(path, what="CoLM selector state"))
+    selector.load_state_dict(load_checkpoint(path))
 
 
 class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
@@ -145,7 +148,7 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
 
     Set ``per_device_train_batch_size`` to the pool size ``B``; batches must carry ``source``
     (so the collator keeps it, and ``remove_unused_columns=False`` for ``datasets`` inputs).
-    Every checkpoint folder also receives the selector state (``colm_selector.pt``); restore it
+    Every checkpoint folder also receives the selector state (``colm_selector.safetensors``); restore it
     with :func:`load_selector_state` before ``trainer.train(resume_from_checkpoint=...)``.
 
     Gradient accumulation: every micro-batch is one pool with its own selection, and its loss is
