@@ -27,8 +27,11 @@ def test_trains_checkpoints_and_resumes(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output and "done: 124 steps" in res.output
+    assert "124 steps in total" in res.output  # announced before training (num_training_steps)
     assert ckpt.exists()
-    state = torch.load(ckpt, weights_only=False)
+    from batchcraft.utils.io import load_checkpoint
+
+    state = load_checkpoint(ckpt)  # safetensors + JSON: no pickled objects
     assert state["schedule"]["steps_done"] == 124
     res2 = runner.invoke(app, args)  # finished run: resumes and has nothing left to do
     assert res2.exit_code == 0, res2.output
@@ -46,3 +49,11 @@ def test_bad_delta_exits_2():
 def test_unknown_dataset_exits_2():
     res = runner.invoke(app, ["selection", "hard-batches", "--dataset", "cifar"])
     assert res.exit_code == 2
+
+
+def test_batch_larger_than_dataset_exits_2():
+    res = runner.invoke(
+        app, ["selection", "hard-batches", "--dataset", "mixture", "--batch-size", "100000"]
+    )
+    assert res.exit_code == 2
+    assert "batch_size must be in" in res.output

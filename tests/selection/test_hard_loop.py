@@ -182,7 +182,9 @@ def test_eval_fn_runs_in_eval_mode_each_epoch():
 
 
 @pytest.mark.parametrize(
-    "opts", [{}, {"selector": "random", "reshuffle": True}], ids=["hard", "random-reshuffle"]
+    "opts",
+    [{"decay": True}, {"selector": "random", "reshuffle": True}],
+    ids=["hard-lr-schedule", "random-reshuffle"],
 )
 def test_checkpoint_resume_is_identical(tmp_path, opts):
     full, lfull, _ = run(0.3, epochs=4, **opts)
@@ -291,3 +293,50 @@ def test_batch_contents_fixed_across_rounds_unless_reshuffled(reshuffle):
     assert log.batch_ids == list(range(7)) * 3
     same = [torch.equal(seen[i], seen[i + 7]) for i in range(7)]
     assert all(same) if not reshuffle else not any(same)
+
+
+class _CountingSGD(torch.optim.SGD):
+    """SGD that counts its optimizer steps (what an LR schedule sees)."""
+
+    def __init__(self, params, **kw) -> None:
+        super().__init__(params, **kw)
+        self.count = 0
+
+    def step(self, closure=None):
+        self.count += 1
+        return super().step(closure)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "epochs", "expected"),
+    [
+        (60, 8, 3, 21),  # b = 7
+        (100, 8, 2.5, 30),  # b = 12
+        (61, 8, 1.5, 10),  # b = 7 (last 5 samples dropped); 10.5 rounds half to even
+        (60, 8, 0.01, 1),  # at least one step
+    ],
+    ids=["whole-epochs", "fractional", "half-to-even", "minimum-one"],
+)
+@pytest.mark.parametrize("delta,naive", [(1.0, False), (0.3, False), (0.3, True)],
+                         ids=["plain", "hard", "hard-naive"])  # fmt: skip
+def test_num_training_steps_is_the_steps_the_loop_takes(n, m, epochs, expected, delta, naive):
+    from batchcraft.selection import num_training_steps
+
+    assert num_training_steps(n, m, epochs) == expected  # hand-computed, independent of the loop
+    model = make_model()
+    opt = _CountingSGD(model.parameters(), lr=0.1)
+    log = train_high_loss(model, supervised_loss(), opt, CountingDataset(n=n), batch_size=m,
+                          delta=delta, epochs=epochs, naive=naive)  # fmt: skip
+    assert opt.count == log.steps_done == expected
+
+
+def test_num_training_steps_errors():
+    from batchcraft.selection import num_training_steps
+
+    with pytest.raises(ValueError, match="empty"):
+        num_training_steps(0, 8, 1)
+    with pytest.raises(ValueError, match=r"batch_size must be in \[1, num_samples=5\]"):
+        num_training_steps(5, 8, 1)
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="epochs must be"):
+            num_training_steps(50, 8, bad)

@@ -47,6 +47,7 @@ def hard_batches(
     import torch
 
     from batchcraft.experiments.hard_batches import SmallResNet, _accuracy, load_split
+    from batchcraft.selection.hard import num_training_steps
     from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
     from batchcraft.utils.progress import console
 
@@ -63,10 +64,15 @@ def hard_batches(
     else:
         model = SmallResNet(in_channels=split.x_train.shape[1], classes=split.num_classes, width=8)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    try:
+        steps = num_training_steps(split.x_train.shape[0], batch_size, epochs)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     b = split.x_train.shape[0] // batch_size
     console.print(
         f"{split.name}: {split.x_train.shape[0]} train / {split.x_test.shape[0]} test, b={b} fixed "
-        f"batches of {batch_size}; one 'epoch' = {b} optimizer steps",
+        f"batches of {batch_size}; one 'epoch' = {b} optimizer steps, {steps} steps in total",
         highlight=False,
     )
     try:

@@ -13,6 +13,7 @@ from batchcraft.selection.hard import (
     FixedBatchSampler,
     HighLossSchedule,
     fixed_partition,
+    num_training_steps,
     select_hard,
     select_random,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "SelectiveBackprop",
     "colm",
     "fixed_partition",
+    "num_training_steps",
     "rank_based_probs",
     "reducible_loss_select",
     "select_hard",

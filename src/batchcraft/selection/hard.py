@@ -32,6 +32,7 @@ __all__ = [
     "HighLossSchedule",
     "fixed_partition",
     "num_selected",
+    "num_training_steps",
     "select_hard",
     "select_random",
 ]
@@ -85,6 +86,35 @@ def num_selected(num_batches: int, delta: float) -> int:
     return max(1, math.floor(round(float(delta) * num_batches, 9)))
 
 
+def num_training_steps(num_samples: int, batch_size: int, epochs: float) -> int:
+    """Total optimizer steps of a hard-batch run: ``S = max(1, round(epochs * b))``, ``b = N // m``.
+
+    The budget is plain training's, so it does not depend on ``delta``; one "epoch" is ``b``
+    optimizer steps (the partition drops the last incomplete batch). Size a learning-rate
+    schedule with it, e.g. ``OneCycleLR(opt, max_lr, total_steps=num_training_steps(N, m, E))``
+    for ``train_high_loss(..., batch_size=m, epochs=E)``. ``round`` is Python's (halves go to the
+    even integer).
+
+    Args:
+        num_samples: dataset size ``N``.
+        batch_size: ``m``, ``1 <= m <= N``.
+        epochs: ``E > 0``, in units of ``b`` steps (fractions allowed).
+
+    Returns:
+        The number of optimizer steps :func:`~batchcraft.selection.train_high_loss` takes.
+    """
+    if num_samples < 1:
+        raise ValueError(f"the dataset is empty (num_samples={num_samples}); nothing to train on")
+    if not 1 <= batch_size <= num_samples:
+        raise ValueError(
+            f"batch_size must be in [1, num_samples={num_samples}] to leave one full batch, "
+            f"got {batch_size}"
+        )
+    if not (isinstance(epochs, int | float) and math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"epochs must be a finite number > 0, got {epochs!r}")
+    return max(1, round(epochs * (num_samples // batch_size)))
+
+
 def fixed_partition(
     num_samples: int,
     batch_size: int,
@@ -101,7 +131,7 @@ def fixed_partition(
         shuffle: one random permutation (from ``generator``) before cutting; ``False`` gives the
             contiguous batches of the authors' code (dataset order).
         generator: private RNG for the permutation.
-        drop_last: drop the final incomplete batch (the spec's default). With ``False`` the last
+        drop_last: drop the final incomplete batch (the default, as in plain ``drop_last`` training). With ``False`` the last
             row is padded with ``-1``, which :class:`FixedBatchSampler` strips.
 
     Returns:

@@ -28,6 +28,7 @@ from batchcraft.selection.hard import (
     HighLossSchedule,
     fixed_partition,
     num_selected,
+    num_training_steps,
 )
 
 __all__ = ["HighLossLog", "score_batches", "supervised_loss", "train_high_loss"]
@@ -189,7 +190,9 @@ def train_high_loss(
         dataset: a map-style dataset of ``N`` items.
         batch_size: ``m``; the partition drops the last incomplete batch.
         delta: fraction of batches per round after round 0, in ``(0, 1]``; 1 = plain training.
-        epochs: step budget ``S = round(epochs * b)``.
+        epochs: step budget ``S = max(1, round(epochs * b))``, ``b = N // batch_size``; get it
+            before the run from :func:`~batchcraft.selection.hard.num_training_steps` to size a
+            learning-rate schedule.
         generator: RNG of the partition (and of the random control / reshuffles); a private
             ``torch.Generator().manual_seed(0)`` when omitted.
         eval_fn: ``eval_fn(model) -> float`` run in eval mode under ``no_grad``.
@@ -217,10 +220,10 @@ def train_high_loss(
         raise ValueError("the dataset is empty; nothing to train on")
     if not epochs > 0:
         raise ValueError(f"epochs must be > 0, got {epochs}")
+    steps = num_training_steps(len(dataset), batch_size, epochs)  # type: ignore[arg-type]
     partition = fixed_partition(len(dataset), batch_size, shuffle=shuffle, generator=gen)  # type: ignore[arg-type]
     b = partition.shape[0]
     num_selected(b, delta)  # validates delta early
-    steps = max(1, round(epochs * b))
     log = HighLossLog(b, batch_size, float(delta), steps)
     eval_every = eval_every or b
     if naive:
@@ -259,7 +262,7 @@ def train_high_loss(
     part_round = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        from batchcraft.utils.io import load_checkpoint
+        from batchcraft.utils.io import load_checkpoint  # safetensors + JSON: never unpickles
 
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])

@@ -100,3 +100,10 @@ def test_keep_mask():
     src = torch.tensor([0, 3, 5, 3, 1])
     assert keep_mask(src, {3, 5}).tolist() == [False, True, True, True, False]
     assert not keep_mask(src, set()).any()
+
+
+def test_small_rule_is_strictly_below_the_mean():
+    # counts (6, 2, 4): mean 4, so only source 1 is small; source 2 sits exactly at the mean
+    assert small_sources_from_counts({0: 6, 1: 2, 2: 4}) == {1}
+    # numeric rule c: count < total / c; total 12, c = 3 -> threshold 4, again strict
+    assert small_sources_from_counts({0: 6, 1: 2, 2: 4}, rule=3) == {1}

@@ -9,6 +9,16 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 
+class _Payload:
+    """Unpickling this object calls ``open(path, "w")``: it would create ``path``."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
 def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
     from transformers import TrainingArguments
 
@@ -78,3 +88,16 @@ def test_colm_trainer_two_steps_changes_only_lora(tmp_path):
     assert torch.equal(fresh.normalizer.m, selector.normalizer.m)
     with pytest.raises(ValueError, match="not a CoLMTrainer checkpoint"):
         load_selector_state(fresh, tmp_path)
+    # a crafted selector state is refused without running its payload
+    assert (tmp_path / "checkpoint-2" / "colm_selector.safetensors").exists()
+    evil, canary = tmp_path / "evil", tmp_path / "canary"
+    evil.mkdir()
+    torch.save({"steps": 9, "x": _Payload(canary)}, evil / "colm_selector.safetensors")
+    with pytest.raises(ValueError, match="not a readable batchcraft checkpoint"):
+        load_selector_state(fresh, evil)
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"steps": 9, "x": _Payload(canary)}, old / "colm_selector.pt")
+    with pytest.raises(ValueError, match=r"pickled selector state .* not loaded"):
+        load_selector_state(fresh, old)
+    assert not canary.exists() and fresh.steps == 2

@@ -108,3 +108,65 @@ def test_topk_mask_equals_stable_sort_reference_with_ties(seed):
     for h in (1, 7, 25, 49):
         ref = torch.sort(torch.sort(-imp, stable=True).indices[:h]).values
         assert torch.equal(topk_mask(f, h), ref)
+
+
+def test_bias_correction_counts_commits_exact_for_a_stationary_stream():
+    # A constant feature row g fed at every selection: after t commits the selector's moments are
+    # m = (1 - b1^t) g and v = (1 - b2^t) g^2, so with t = commits the corrected ratio is exactly
+    # U = g / (|g| + eps). A selection step that commits nothing (the kept examples fill the
+    # coreset) must not advance t; counting it (the official code's global step) would scale U
+    # by (1 - b1^4)(1 - b1^5)^-1 ... and break this identity.
+    g = torch.tensor([[0.5, -2.0, 1e-3]], dtype=torch.float64)
+    eps = 1e-8
+    norm = AdamFeatureNormalizer(3, eps=eps)
+    feats = g.repeat(6, 1)  # [6, 3], identical rows
+    src = torch.tensor([0, 0, 0, 0, 1, 1])
+    no_keep = torch.zeros(6, dtype=torch.bool)
+    all_keep = torch.ones(6, dtype=torch.bool)
+    expected = g / (g.abs() + eps)
+    for step, keep in enumerate([no_keep, all_keep, no_keep, all_keep, all_keep, no_keep]):
+        u, _, _ = norm.transform(feats)
+        torch.testing.assert_close(u, expected.expand(6, 3), rtol=1e-12, atol=0)
+        t_before = norm.t
+        colm_select(feats, 3, sources=src, keep=keep, normalizer=norm)
+        assert norm.t == t_before + (0 if keep.all() else 1), step
+    assert norm.t == 3  # 6 selection steps, 3 of them committed
+
+
+def test_picks_do_not_depend_on_the_bias_correction_step():
+    # Within one selection every row shares t, so the correction is one positive scale of U
+    # (up to eps): L1 facility location and the top-h mask, both scale-invariant, pick the same
+    # rows whether t counts commits or optimizer steps. Hence the documented choice is harmless.
+    g = torch.Generator().manual_seed(3)
+    hist = AdamFeatureNormalizer(8)
+    for _ in range(3):
+        _, m, v = hist.transform(torch.randn(5, 8, generator=g, dtype=torch.float64))
+        hist.commit(m, v)
+    feats = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    src = torch.randint(0, 3, (30,), generator=g)
+    picks = []
+    ratios = []
+    for t in (3, 7, 40):
+        norm = AdamFeatureNormalizer(8)
+        norm.load_state_dict({**hist.state_dict(), "t": t})
+        ratios.append(norm.transform(feats)[0])
+        picks.append(colm_select(feats, 9, sources=src, h=5, normalizer=norm).idx.tolist())
+    assert picks[0] == picks[1] == picks[2]
+    scale = ratios[0] / ratios[2]
+    torch.testing.assert_close(scale, torch.full_like(scale, float(scale[0, 0])), rtol=1e-6, atol=0)
+
+
+def test_normalise_then_sparsify_on_constructed_case():
+    # Raw features: coordinate 0 dominates |mean| (4.08 vs 0.2). After normalisation with a huge
+    # historical v on coordinate 0, |mean U| is ~0.005 there and sqrt(1.5) / 5 = 0.245 on
+    # coordinate 1, so top-1 keeps coordinate 1, where only row 4 is non-zero: it must be picked.
+    # Sparsifying first (mask from raw features) would keep coordinate 0 and never pick row 4.
+    feats = torch.tensor(
+        [[0.0, 0.0], [0.2, 0.0], [10.0, 0.0], [10.2, 0.0], [0.0, 1.0]], dtype=torch.float64
+    )
+    norm = AdamFeatureNormalizer(2, betas=(0.0, 0.5))
+    norm.v = torch.tensor([1e6, 0.0], dtype=torch.float64)
+    norm.t = 1
+    assert topk_mask(feats, 1).tolist() == [0]
+    assert topk_mask(norm.transform(feats)[0], 1).tolist() == [1]
+    assert 4 in colm_select(feats, 2, h=1, normalizer=norm).idx.tolist()

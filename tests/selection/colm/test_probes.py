@@ -209,3 +209,26 @@ def test_split_fast_path_equals_full_forwards(mix, directions):
         ZOProbe(model, P, split_at="blocks.0", tail=("ln_f", "head"))
     with pytest.raises(ValueError, match="tail must name"):
         ZOProbe(model, P, split_at="blocks.1", tail=("norm",))
+
+
+def test_per_example_loss_hand_computed():
+    # logits[t] predicts labels[t + 1]; prompt (-100) and padding are skipped; an example with no
+    # label token has loss 0. Reference: an explicit log-softmax written with math.
+    import math
+
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 1.0]],
+            [[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )  # [N=2, T=4, V=3]
+    labels = torch.tensor([[-100, 1, 2, 0], [-100, -100, -100, -100]])
+
+    def nll(row: list[float], target: int) -> float:
+        return -(row[target] - math.log(sum(math.exp(v) for v in row)))
+
+    # example 0: positions 1, 2, 3 are targets, predicted from logits at 0, 1, 2
+    want0 = (nll([2, 0, 0], 1) + nll([0, 1, 0], 2) + nll([0, 0, 3], 0)) / 3
+    got = per_example_lm_loss(logits, labels)
+    assert got.tolist() == pytest.approx([want0, 0.0], rel=1e-12)

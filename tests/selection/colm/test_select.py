@@ -157,10 +157,28 @@ def test_random_ranking_is_structure_matched_and_seeded():
         assert (src[idx] == 0).sum() == 5 and (src[idx] == 1).sum() == 5
 
 
-def test_pool_counts_rule_without_dataset_counts():
-    # no counts given: small sources decided from the pool's own counts (mean rule)
-    out = CoLMSelector(CountingProbe(), 16, h=None).select(_pool(SOURCES))
-    assert out.kept.sum() == 6  # sources 2, 3, 4 are below the pool's mean count
+def test_small_sources_must_be_explicit():
+    # keep_small without dataset counts or a set used to fall back silently to per-pool counts
+    with pytest.raises(ValueError, match=r"source_counts .* or small_sources='per_pool'"):
+        CoLMSelector(CountingProbe(), 16, h=None)
+    with pytest.raises(ValueError, match="'per_pool'"):
+        CoLMSelector(CountingProbe(), 16, small_sources="pool")
+    # no keep-small rule needed when nothing is kept
+    assert (
+        CoLMSelector(CountingProbe(), 16, keep_small=False).select(_pool(SOURCES)).kept.sum() == 0
+    )
+
+
+def test_per_pool_rule_is_opt_in_and_follows_each_pool():
+    sel = CoLMSelector(CountingProbe(), 8, h=None, small_sources="per_pool")
+    # pool counts (source: n) = 0: 25, 1: 17, 2: 3, 3: 2, 4: 1; mean 9.6 -> small = {2, 3, 4}
+    out = sel.select(_pool(SOURCES))
+    assert out.kept.sum() == 6
+    # a different pool: 0: 4, 1: 4, 2: 3 (mean 3.67) -> only source 2 is small here
+    pool = _pool([0] * 4 + [1] * 4 + [2] * 3)
+    out = sel.select(pool)
+    assert pool["source"][out.idx[out.kept]].tolist() == [2, 2, 2]
+    assert sel.state_dict()["small"] is None
 
 
 def test_errors():
@@ -186,10 +204,10 @@ def test_errors():
         keep6 = torch.tensor([True, True, False, False, False, False])
         colm_select(feats, 3, keep=keep6)
     with pytest.raises(ValueError, match="coreset_size must be >= 1"):
-        CoLMSelector(CountingProbe(), 0)
+        CoLMSelector(CountingProbe(), 0, small_sources=set())
     with pytest.raises(ValueError, match="normalize must be"):
-        CoLMSelector(CountingProbe(), 2, normalize="rms")
-    sel = CoLMSelector(CountingProbe(), 99)
+        CoLMSelector(CountingProbe(), 2, normalize="rms", small_sources=set())
+    sel = CoLMSelector(CountingProbe(), 99, small_sources=set())
     with pytest.raises(ValueError, match=r"coreset_size \(99\) must be <= pool size"):
         sel.select(_pool(SOURCES))
     with pytest.raises(ValueError, match="'source'"):

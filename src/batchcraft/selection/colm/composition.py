@@ -2,7 +2,7 @@
 
 The pool holds ``N`` examples with source ids ``sources: [N]``. Every example of a small source is
 kept; the remaining budget ``b' = b - |kept|`` is split over the big-source candidates ``R``
-(``N' = |R|``) in proportion to their pool counts with an exact remainder rule (spec §3 step 4)::
+(``N' = |R|``) in proportion to their pool counts with an exact remainder rule::
 
     b_q = floor(n_q * b' / N');  r = b' - sum_q b_q
     while r > 0: cycle over sources ordered by (b_q asc, q asc): if b_q < n_q: b_q += 1; r -= 1

@@ -16,7 +16,6 @@ Add CoLM to an existing fine-tuning script in a few lines::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from batchcraft._capabilities import require
 from batchcraft.selection.colm.loss import coreset_loss, per_example_lm_loss
 from batchcraft.selection.colm.probes import model_inputs
 from batchcraft.selection.colm.select import CoLMSelector, subset_batch
+from batchcraft.utils.io import load_checkpoint, save_checkpoint
 
 transformers = require("transformers", "the CoLM Hugging Face integration")
 
@@ -110,7 +110,8 @@ def find_module(model: nn.Module, suffix: str) -> str:
     return hits[0]
 
 
-SELECTOR_STATE = "colm_selector.pt"
+SELECTOR_STATE = "colm_selector.safetensors"
+_PICKLED_STATE = "colm_selector.pt"  # written by older versions with torch.save (pickle)
 
 
 class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,name-defined]
@@ -121,18 +122,25 @@ class _SaveSelectorState(transformers.TrainerCallback):  # type: ignore[misc,nam
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{SELECTOR_STATE}.tmp"
-        torch.save(self.selector.state_dict(), tmp)
-        os.replace(tmp, folder / SELECTOR_STATE)
+        save_checkpoint(folder / SELECTOR_STATE, self.selector.state_dict())  # atomic
 
 
 def load_selector_state(selector: CoLMSelector, checkpoint: str | Path) -> None:
-    """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`."""
-    path = Path(checkpoint) / SELECTOR_STATE
+    """Restore ``selector`` from a checkpoint folder written by :class:`CoLMTrainer`.
+
+    The state is a safetensors file with a JSON structure: nothing is unpickled, so a crafted
+    file cannot run code. A pickled ``colm_selector.pt`` from an older version is refused.
+    """
+    folder = Path(checkpoint)
+    path = folder / SELECTOR_STATE
     if not path.exists():
+        if (folder / _PICKLED_STATE).exists():
+            raise ValueError(
+                f"{folder / _PICKLED_STATE} is a pickled selector state from an older batchcraft; "
+                "it is not loaded (unpickling can run code): resume without it or re-save it"
+            )
         raise ValueError(f"{path} does not exist: not a CoLMTrainer checkpoint folder")
-    selector.load_state_dict(torch.load(path, weights_only=False))
+    selector.load_state_dict(load_checkpoint(path))
 
 
 class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
@@ -140,16 +148,42 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
 
     Set ``per_device_train_batch_size`` to the pool size ``B``; batches must carry ``source``
     (so the collator keeps it, and ``remove_unused_columns=False`` for ``datasets`` inputs).
-    Every checkpoint folder also receives the selector state (``colm_selector.pt``); restore it
+    Every checkpoint folder also receives the selector state (``colm_selector.safetensors``); restore it
     with :func:`load_selector_state` before ``trainer.train(resume_from_checkpoint=...)``.
+
+    Gradient accumulation: every micro-batch is one pool with its own selection, and its loss is
+    the mean over its coreset. The optimizer receives the mean of the accumulated micro-batch
+    gradients and the logged loss is the mean of their coreset losses, for any
+    ``gradient_accumulation_steps`` (the Trainer divides by the number of micro-batches; CoLM's
+    loss is per-example, so the Trainer's token count ``num_items_in_batch`` does not apply).
+    Evaluation (model in eval mode) selects nothing: its loss is the mean per-example loss of the
+    whole batch, and the selector state is untouched.
 
     Args:
         selector: the CoLM selector (its probe must wrap the same model object).
-        *args, **kwargs: passed to ``transformers.Trainer``.
+        *args, **kwargs: passed to ``transformers.Trainer`` (``compute_loss_func`` is refused:
+            CoLM computes its own loss).
     """
 
+    # The loss returned by compute_loss is a per-micro-batch mean, so the Trainer must divide it
+    # by the number of accumulated micro-batches (read by transformers versions that have it).
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args: Any, selector: CoLMSelector, **kwargs: Any) -> None:
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "CoLMTrainer computes its own coreset loss; compute_loss_func would be ignored "
+                "and would stop the Trainer from averaging over gradient accumulation, so leave it "
+                "unset"
+            )
         super().__init__(*args, **kwargs)
+        if self.label_smoother is not None:
+            raise ValueError(
+                "CoLMTrainer's coreset loss has no label smoothing; set label_smoothing_factor=0"
+            )
+        # Older transformers decide "already scaled for accumulation" from this flag alone
+        # (True + a token count = no division); CoLM's loss never uses the token count.
+        self.model_accepts_loss_kwargs = False
         self.selector = selector
         self.last_selection: Any = None
         self.add_callback(_SaveSelectorState(selector))
@@ -159,8 +193,13 @@ class CoLMTrainer(transformers.Trainer):  # type: ignore[misc,name-defined]
         model: nn.Module,
         inputs: dict[str, torch.Tensor],
         return_outputs: bool = False,
-        num_items_in_batch: Any = None,
+        num_items_in_batch: Any = None,  # unused: CoLM's loss is a mean over examples
     ) -> Any:
+        if not model.training:  # evaluation: plain mean over the batch, no selection
+            out = model(**model_inputs(inputs))
+            per = per_example_lm_loss(out.logits, inputs["labels"])
+            loss = per.mean()
+            return (loss, out) if return_outputs else loss
         sel = self.selector.select(inputs)
         self.last_selection = sel
         batch = subset_batch(inputs, sel.idx)

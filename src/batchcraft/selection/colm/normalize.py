@@ -1,7 +1,7 @@
 """Selector-side Adam normalisation of gradient features, and top-h sparsification.
 
 Not the training optimizer's moments: the selector keeps its own ``m_prev, v_prev: [F]`` and a
-step count ``t``, updated only from the rows it selected (spec §3.2)::
+step count ``t``, updated only from the rows it selected::
 
     M_i = b1 m_prev + (1 - b1) g_i;   V_i = b2 v_prev + (1 - b2) g_i^2
     U_i = (M_i / (1 - b1^(t+1))) / (sqrt(V_i / (1 - b2^(t+1))) + eps)

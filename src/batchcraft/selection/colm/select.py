@@ -1,4 +1,4 @@
-"""Coreset selection from a pool: composition, per-source ranking, weights (spec §3 steps 1-7).
+"""Coreset selection from a pool: composition, per-source ranking, weights (the paper's steps 1-7).
 
 :func:`colm_select` is the pure function on a feature matrix; :class:`CoLMSelector` wires a
 feature probe, the small-source rule and the selector-side Adam moments around it.
@@ -195,8 +195,12 @@ class CoLMSelector:
     Args:
         probe: feature probe (:class:`~batchcraft.selection.colm.probes.ZOProbe`, ...).
         coreset_size: ``b``.
-        source_counts: dataset size per source, for the small-source rule.
-        small_sources: explicit small sources (overrides ``source_counts``).
+        source_counts: dataset size per source, for the small-source rule (the paper's: a
+            source is small when its dataset count is below the mean count).
+        small_sources: explicit small source ids (overrides ``source_counts``), or
+            ``"per_pool"``: decide the small sources from each pool's own counts with
+            ``small_rule`` (the set then changes from pool to pool; not the paper's rule).
+            With ``keep_small`` one of ``source_counts`` / ``small_sources`` is required.
         small_rule: ``"mean"`` or a number (see :func:`small_sources_from_counts`).
         keep_small: keep every pool example of a small source.
         per_source: per-source quotas and ranking (else one group).
@@ -215,7 +219,7 @@ class CoLMSelector:
         coreset_size: int,
         *,
         source_counts: Tensor | Mapping[int, int] | None = None,
-        small_sources: set[int] | None = None,
+        small_sources: set[int] | frozenset[int] | str | None = None,
         small_rule: str | float = "mean",
         keep_small: bool = True,
         per_source: bool = True,
@@ -233,12 +237,25 @@ class CoLMSelector:
         if normalize not in ("adam", None):
             raise ValueError(f"normalize must be 'adam' or None, got {normalize!r}")
         self.probe, self.coreset_size = probe, int(coreset_size)
-        if small_sources is not None:
-            self.small: set[int] | None = {int(q) for q in small_sources}
+        self.small: set[int] | None  # None: decided from each pool's own counts
+        if isinstance(small_sources, str):
+            if small_sources != "per_pool":
+                raise ValueError(
+                    f"small_sources must be a set of source ids or 'per_pool', got {small_sources!r}"
+                )
+            self.small = None
+        elif small_sources is not None:
+            self.small = {int(q) for q in small_sources}
         elif source_counts is not None:
             self.small = small_sources_from_counts(source_counts, rule=small_rule)
+        elif keep_small:
+            raise ValueError(
+                "keep_small=True needs to know which sources are small: pass source_counts "
+                "(dataset examples per source, the paper's rule), small_sources={ids}, or "
+                "small_sources='per_pool' to decide from each pool's own counts"
+            )
         else:
-            self.small = None  # decided from each pool's counts
+            self.small = set()  # unused without keep_small
         self.small_rule, self.keep_small, self.per_source = small_rule, keep_small, per_source
         self.h, self.similarity, self.weights, self.ranking = h, similarity, weights, ranking
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
