@@ -45,7 +45,9 @@ GOLDEN = {  # spec §5: official implementation, CPU, float64; x after steps 1..
          [0.950060670742, -1.950029064883]],
     ),
 }  # fmt: skip
-PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "auto": {}}
+# "fused" on the CPU is the multi-tensor C kernel, which computes fp64 parameters in fp64
+PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "auto": {},
+         "fused": dict(fused=True)}  # fmt: skip
 
 
 def quad_trajectory(
@@ -144,7 +146,7 @@ def test_reference_matches_golden(case: str) -> None:
     torch.testing.assert_close(got, torch.tensor(expected, dtype=F64), atol=1e-11, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 @pytest.mark.parametrize(
     "hp", [dict(wd=0.05), dict(wd=0.05, no_prox=True), dict(max_grad_norm=0.7)],
     ids=["prox", "no_prox", "clip"],
@@ -214,7 +216,7 @@ def test_gradient_scale_invariance() -> None:
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 def test_state_dict_round_trip_bit_identical(path: str) -> None:
     x0, grad_fn = noisy_problem(4)
     kw = dict(lr=0.03, weight_decay=0.02, max_grad_norm=1.0, **PATHS[path])
@@ -284,7 +286,7 @@ def test_setstate_backfills_flags() -> None:
     assert g["differentiable"] is False and g["no_prox"] is False
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", ["single", "foreach", "fused"])
 def test_restart_equals_fresh_optimizer(path: str) -> None:
     x0, grad_fn = noisy_problem(7)
     ps, opt = run_ours(x0, grad_fn, 6, lr=0.05, weight_decay=0.01, **PATHS[path])
