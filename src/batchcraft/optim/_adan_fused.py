@@ -72,27 +72,28 @@ def _fused_adan(
         clip_coef=clip_coef, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
         weight_decay=weight_decay, no_prox=no_prox, maximize=maximize, group_step=group_step,
     )  # fmt: skip
-    buckets: dict[tuple[torch.device, torch.dtype, torch.dtype, str], list[int]] = {}
+    buckets: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        which = backend or fused_backend(p.device)
-        ok = fused_dtypes(p.device) if which == "cpu" else FUSED_DTYPES
-        if p.dtype not in ok or exp_avgs[i].dtype not in ok:
+        buckets.setdefault((p.device, p.dtype, exp_avgs[i].dtype), []).append(i)
+    lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads)
+    for (device, p_dtype, s_dtype), idx in buckets.items():
+        which = backend or fused_backend(device)
+        ok = fused_dtypes(device) if which == "cpu" else FUSED_DTYPES
+        if p_dtype not in ok or s_dtype not in ok:
             raise ValueError(
                 f"fused Adan supports {'/'.join(str(d)[6:] for d in ok)} params and state on "
-                f"{p.device.type}, got {p.dtype} params with {exp_avgs[i].dtype} state; use "
-                "foreach=True for other dtypes"
+                f"{device.type}, got {p_dtype} params with {s_dtype} state; use foreach=True "
+                "for other dtypes"
             )
-        _check_aligned(i, p, grads[i], exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i])
-        buckets.setdefault((p.device, p.dtype, exp_avgs[i].dtype, which), []).append(i)
-    lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads)
-    for (device, p_dtype, _, which), idx in buckets.items():
         tensors = [[x[i] for i in idx] for x in lists]
         steps = [state_steps[i] for i in idx]
         if which == "cpu":
             if device.type != "cpu":
                 raise ValueError(f"the 'cpu' fused Adan backend cannot update {device} tensors")
-            _cpu_bucket(tensors, steps, p_dtype, hp)
+            _cpu_bucket(tensors, steps, p_dtype, s_dtype, hp)
         elif which == "triton":
+            for i in range(len(steps)):
+                _check_aligned(i, *(ts[i] for ts in tensors))
             _triton_each(tensors, steps, hp)
         else:
             raise ValueError(f"fused Adan backend must be 'triton' or 'cpu', got {which!r}")
@@ -112,28 +113,51 @@ def _check_aligned(i: int, p: Tensor, g: Tensor, m: Tensor, *state: Tensor) -> N
 
 
 def _cpu_bucket(
-    tensors: list[list[Tensor]], steps: list[Tensor], p_dtype: torch.dtype, hp: dict[str, Any]
+    tensors: list[list[Tensor]],
+    steps: list[Tensor],
+    p_dtype: torch.dtype,
+    s_dtype: torch.dtype,
+    hp: dict[str, Any],
 ) -> None:
-    """One C call for the bucket; non-contiguous tensors and odd step tensors go via copies."""
+    """One C call for the bucket, after one cheap pass of checks over its tensors.
+
+    This pass is the per-tensor cost of a step, so it uses only cheap attribute reads
+    (``numel``, ``dtype``, ``is_cpu``, ``is_contiguous``). Non-contiguous tensors and counters
+    that are not float32 CPU tensors go through copies written back after the call.
+    """
     from batchcraft.optim._adan_cpu import adan_cpu_update
 
-    tensors[1] = [g if g.dtype == p_dtype else g.to(p_dtype) for g in tensors[1]]
-    work = [[t if t.is_contiguous() else t.contiguous() for t in ts] for ts in tensors]
-    counters = [
-        s if s.dtype == torch.float32 and s.device.type == "cpu" else s.to("cpu", torch.float32)
-        for s in steps
-    ]
-    p, g, m, v, n, prev = work
-    adan_cpu_update(p, g, m, v, n, prev, counters, **hp)
-    for j, (ts, ws) in enumerate(zip(tensors, work, strict=True)):
-        if j == 1:  # gradients are read only
-            continue
-        for t, w in zip(ts, ws, strict=True):
-            if w is not t:
-                t.copy_(w)
-    for s, c in zip(steps, counters, strict=True):
-        if c is not s:
-            s.copy_(c)
+    ps, gs, ms, vs, ns, prevs = tensors
+    f32 = torch.float32
+    copies: list[tuple[list[Tensor], int, Tensor]] = []  # (list, position, original)
+    for i in range(len(ps)):
+        p, g, m, v, n, prev = ps[i], gs[i], ms[i], vs[i], ns[i], prevs[i]
+        k = p.numel()
+        if not (
+            g.numel() == k and m.numel() == k and v.numel() == k and n.numel() == k
+            and prev.numel() == k and v.dtype is s_dtype and n.dtype is s_dtype
+            and prev.dtype is s_dtype and g.is_cpu and m.is_cpu and v.is_cpu and n.is_cpu
+            and prev.is_cpu
+        ):  # fmt: skip
+            _check_aligned(i, p, g, m, v, n, prev)  # raises with the details
+        if g.dtype is not p_dtype:
+            gs[i] = g.to(p_dtype)
+        if not (
+            p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()
+            and n.is_contiguous() and prev.is_contiguous()
+        ):  # fmt: skip
+            for j, ts in enumerate(tensors):
+                if not ts[i].is_contiguous():
+                    if j != 1:  # gradients are read only
+                        copies.append((ts, i, ts[i]))
+                    ts[i] = ts[i].contiguous()
+        s = steps[i]
+        if s.dtype is not f32 or not s.is_cpu:
+            copies.append((steps, i, s))
+            steps[i] = s.to("cpu", f32)
+    adan_cpu_update(ps, gs, ms, vs, ns, prevs, steps, **hp)
+    for ts, i, original in copies:
+        original.copy_(ts[i])
 
 
 def _triton_each(tensors: list[list[Tensor]], steps: list[Tensor], hp: dict[str, Any]) -> None:

@@ -83,9 +83,12 @@ class Adan(Optimizer):
         no_prox: decoupled AdamW-style decay instead of the proximal division.
         max_grad_norm: global gradient-norm clipping over all groups (0 = off); computed on
             device with no host sync; uses the constructor's ``eps`` and ``max_grad_norm``.
+            It is optimizer-wide: a param group that sets another value raises ``ValueError``,
+            and :meth:`load_state_dict` keeps the constructor's value (warning if it differs).
         foreach: multi-tensor path; ``None`` picks it when every tensor is on CUDA (torch rule).
-        fused: one-pass kernel (Triton on CUDA; ``torch.compile`` or the Triton interpreter on
-            CPU); fp16/bf16/fp32 only; never picked by default.
+        fused: one-pass kernel: Triton on CUDA (fp16/bf16/fp32); on the CPU one call of a C
+            kernel for all tensors of a dtype (fp16/bf16/fp32/fp64; compiled on first use);
+            never picked by default.
         maximize: maximise the objective.
         capturable: accepted for signature compatibility; only ``False`` is supported (v1).
         differentiable: run the step under autograd (single-tensor path only).
