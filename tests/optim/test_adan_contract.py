@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from batchcraft.optim import Adan
+from batchcraft.optim._adan_cpu import has_compiler
 from batchcraft.optim._adan_functional import _single_tensor_adan
 
 F64 = torch.float64
 STATE_KEYS = ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad", "step")
+NEEDS_CC = pytest.mark.skipif(not has_compiler(), reason="the fused CPU kernel needs a C compiler")
 
 
 def make_params(dtype: torch.dtype = F64, seed: int = 0) -> list[torch.Tensor]:
@@ -41,7 +43,7 @@ def run(params, steps, start=1, scale=1.0, **kw):
 
 
 @pytest.mark.parametrize(
-    "path", [dict(foreach=False), dict(foreach=True), dict(fused=True)],
+    "path", [dict(foreach=False), dict(foreach=True), pytest.param(dict(fused=True), marks=NEEDS_CC)],
     ids=["single", "foreach", "fused"],
 )  # fmt: skip
 def test_clipping_equals_prescaled_grads(path: dict) -> None:
@@ -75,7 +77,7 @@ def test_huge_max_grad_norm_is_off() -> None:
     "kw",
     [dict(max_grad_norm=0.3), dict(maximize=True), dict(foreach=True, max_grad_norm=0.3,
      maximize=True), dict(foreach=False, weight_decay=0.1, no_prox=True),
-     dict(fused=True, max_grad_norm=0.3, maximize=True)],
+     pytest.param(dict(fused=True, max_grad_norm=0.3, maximize=True), marks=NEEDS_CC)],
     ids=["clip", "maximize", "foreach-clip-max", "single-wd", "fused-clip-max"],
 )  # fmt: skip
 def test_grads_never_mutated(kw: dict) -> None:

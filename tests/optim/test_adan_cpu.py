@@ -6,6 +6,7 @@ fp64 rounding (the two order their operations differently, so not bitwise).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 from unittest import mock
@@ -15,6 +16,8 @@ import torch
 
 from batchcraft.optim import Adan, adan
 from batchcraft.optim import _adan_cpu as cpu
+
+pytestmark = pytest.mark.skipif(not cpu.has_compiler(), reason="the kernel needs a C compiler")
 
 F64 = torch.float64
 STATE_KEYS = ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad", "step")
@@ -243,3 +246,29 @@ def test_misaligned_state_is_an_error_not_a_memory_fault(bad: str) -> None:
              beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8, weight_decay=0.0, no_prox=False,
              maximize=False)  # fmt: skip
     assert torch.equal(p, torch.zeros(8))
+
+
+def test_state_dict_moves_between_paths() -> None:
+    """The fused path keeps torch's state format: a single-tensor checkpoint continues under
+    fused as it would under single (fp64 rounding), and saves the same keys, shapes and dtypes."""
+    a = _params([(4, 3), (40000,), (1,)])
+    opt_a = Adan(a, lr=0.03, weight_decay=0.02, foreach=False)
+    for k in range(1, 6):
+        for p, g in zip(a, _grads(a, k), strict=True):
+            p.grad = g
+        opt_a.step()
+    b = [p.detach().clone().requires_grad_() for p in a]
+    opt_b = Adan(b, lr=0.03, weight_decay=0.02, fused=True)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # torch would alias the tensors
+    for k in range(6, 10):
+        for ps, o in ((a, opt_a), (b, opt_b)):
+            for p, g in zip(ps, _grads(ps, k), strict=True):
+                p.grad = g
+            o.step()
+    _assert_same_run(a, opt_a, b, opt_b, **TIGHT)
+    sa, sb = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys()
+        for key in sa[i]:
+            assert (sa[i][key].shape, sa[i][key].dtype) == (sb[i][key].shape, sb[i][key].dtype)

@@ -7,6 +7,7 @@ import torch
 
 from batchcraft import _capabilities as caps
 from batchcraft.optim import Adan
+from batchcraft.optim._adan_cpu import has_compiler
 from batchcraft.optim._adan_fused import _fused_adan
 
 needs_triton = pytest.mark.skipif(
@@ -102,7 +103,11 @@ def test_triton_low_precision(dtype: torch.dtype, state_dtype: str) -> None:
     _check_equal("triton", 4097, dtype, sd, kw)
 
 
-BACKENDS = ["cpu", pytest.param("triton", marks=[needs_triton, pytest.mark.triton])]
+needs_cc = pytest.mark.skipif(not has_compiler(), reason="the fused CPU kernel needs a C compiler")
+BACKENDS = [
+    pytest.param("cpu", marks=needs_cc),
+    pytest.param("triton", marks=[needs_triton, pytest.mark.triton]),
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,6 +153,7 @@ def test_fused_non_contiguous_param(backend: str, monkeypatch: pytest.MonkeyPatc
 CPU_SIZES = [1, 3, 4097, 16384, 16385, 40000]  # 16384 elements per work item of the C kernel
 
 
+@needs_cc
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("n", CPU_SIZES, ids=[f"n{n}" for n in CPU_SIZES])
 def test_cpu_kernel_fp32_equals_foreach(n: int, case: str) -> None:
@@ -155,6 +161,7 @@ def test_cpu_kernel_fp32_equals_foreach(n: int, case: str) -> None:
     _check_equal("cpu", n, torch.float32, torch.float32, kw)
 
 
+@needs_cc
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("state_dtype", ["same", "fp32"])
 @pytest.mark.parametrize("case", ["prox-clip", "noprox-max"])
@@ -180,3 +187,18 @@ def test_cuda_fused_equals_foreach() -> None:
                 opt_a.step()
                 opt_b.step()
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_fused_modules_do_not_import_the_functional_module() -> None:
+    """The dependency is one-way: ``_adan_functional`` imports ``_adan_fused``, never the reverse."""
+    import ast
+    import inspect
+
+    from batchcraft.optim import _adan_cpu, _adan_fused
+
+    for mod in (_adan_fused, _adan_cpu):
+        tree = ast.parse(inspect.getsource(mod))
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        bad = [n for n in names if n and ("_adan_functional" in n or n.endswith("optim.adan"))]
+        assert not bad, f"{mod.__name__} imports {bad}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["CPU_KERNELS", "adan_cpu_update", "cpu_kernel_library"]
+__all__ = ["CPU_KERNELS", "adan_cpu_update", "cpu_kernel_library", "has_compiler"]
 
 _CHUNK = 16384  # elements per work item: 64 KiB of each fp32 stream, many items per thread
 
@@ -184,8 +184,19 @@ def _cpu_id() -> str:
     return f"{platform.machine()} {platform.processor()} {flags}"
 
 
+def has_compiler() -> bool:
+    """Whether a C compiler is on hand to build the kernel (``$CC``, cc, gcc or clang)."""
+    return _find_compiler() is not None
+
+
+def _find_compiler() -> str | None:
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"])
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def _compiler() -> str:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    cc = _find_compiler()
     if not cc:
         raise RuntimeError(
             "fused Adan on CPU compiles a small C kernel and found no C compiler (cc, gcc or "
