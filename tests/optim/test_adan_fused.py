@@ -171,6 +171,21 @@ def test_cpu_kernel_low_precision(dtype: torch.dtype, state_dtype: str, case: st
     _check_equal("cpu", 40000, dtype, sd, kw)
 
 
+@needs_cc
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cpu_kernel_fp32_params_low_precision_state(state_dtype: torch.dtype) -> None:
+    kw = dict(weight_decay=0.05, no_prox=False, maximize=False, clip=True)
+    _check_equal("cpu", 40000, torch.float32, state_dtype, kw)
+
+
+@needs_cc
+def test_cpu_kernel_refuses_a_pair_it_lacks() -> None:
+    p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"no kernel for torch\.float64 params"):
+        Adan([p], fused=True, state_dtype=torch.float32).step()
+
+
 @pytest.mark.gpu
 @pytest.mark.triton
 def test_cuda_fused_equals_foreach() -> None:

@@ -43,6 +43,8 @@ CPU_KERNELS: dict[tuple[torch.dtype, torch.dtype], str] = {
     (torch.bfloat16, torch.float32): "adan_bf16_f32",
     (torch.float16, torch.float16): "adan_f16_f16",
     (torch.float16, torch.float32): "adan_f16_f32",
+    (torch.float32, torch.bfloat16): "adan_f32_bf16",  # low-precision state: less traffic
+    (torch.float32, torch.float16): "adan_f32_f16",
 }
 
 _SOURCE = r"""
@@ -157,10 +159,12 @@ DEFINE_ADAN(adan_f64_f64, double, double, double, SAME, SAME, SAME, SAME, sqrt)
 DEFINE_ADAN(adan_bf16_bf16, uint16_t, uint16_t, float, bf16_load, bf16_store, bf16_load,
             bf16_store, sqrtf)
 DEFINE_ADAN(adan_bf16_f32, uint16_t, float, float, bf16_load, bf16_store, SAME, SAME, sqrtf)
+DEFINE_ADAN(adan_f32_bf16, float, uint16_t, float, SAME, SAME, bf16_load, bf16_store, sqrtf)
 #ifdef __FLT16_MAX__  /* fp16 needs the compiler's _Float16 (GCC >= 12, clang >= 15) */
 DEFINE_ADAN(adan_f16_f16, _Float16, _Float16, float, F16_LOAD, F16_STORE, F16_LOAD, F16_STORE,
             sqrtf)
 DEFINE_ADAN(adan_f16_f32, _Float16, float, float, F16_LOAD, F16_STORE, SAME, SAME, sqrtf)
+DEFINE_ADAN(adan_f32_f16, float, _Float16, float, SAME, SAME, F16_LOAD, F16_STORE, sqrtf)
 #endif
 """
 

@@ -85,6 +85,15 @@ def _fused_adan(
                 f"{device.type}, got {p_dtype} params with {s_dtype} state; use foreach=True "
                 "for other dtypes"
             )
+        if which == "cpu":
+            from batchcraft.optim._adan_cpu import CPU_KERNELS
+
+            if (p_dtype, s_dtype) not in CPU_KERNELS:
+                pairs = ", ".join(f"{str(a)[6:]}/{str(b)[6:]}" for a, b in CPU_KERNELS)
+                raise ValueError(
+                    f"fused Adan on the CPU has no kernel for {p_dtype} params with {s_dtype} "
+                    f"state; supported (param/state): {pairs}; use foreach=True otherwise"
+                )
         tensors = [[x[i] for i in idx] for x in lists]
         steps = [state_steps[i] for i in idx]
         if which == "cpu":
