@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from batchcraft.optim import Adan
+from batchcraft.optim._adan_cpu import has_compiler
 
 F64 = torch.float64
 A = torch.tensor([2.0, 0.5], dtype=F64)
@@ -45,7 +46,15 @@ GOLDEN = {  # spec §5: official implementation, CPU, float64; x after steps 1..
          [0.950060670742, -1.950029064883]],
     ),
 }  # fmt: skip
-PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "auto": {}}
+# "fused" on the CPU is the multi-tensor C kernel, which computes fp64 parameters in fp64
+PATHS = {"single": dict(foreach=False), "foreach": dict(foreach=True), "auto": {},
+         "fused": dict(fused=True)}  # fmt: skip
+NEEDS_CC = pytest.mark.skipif(not has_compiler(), reason="the fused CPU kernel needs a C compiler")
+
+
+def paths(*names: str) -> list:
+    """``names`` as pytest params; the fused one skips without a C compiler."""
+    return [pytest.param(n, marks=NEEDS_CC) if n == "fused" else n for n in names]
 
 
 def quad_trajectory(
@@ -121,7 +130,7 @@ def run_ours(x0, grad_fn, steps, **kw):
     return ps, opt
 
 
-@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("path", paths(*PATHS))
 @pytest.mark.parametrize("case", list(GOLDEN))
 def test_golden_trajectories(case: str, path: str) -> None:
     kw, expected = GOLDEN[case]
@@ -144,7 +153,7 @@ def test_reference_matches_golden(case: str) -> None:
     torch.testing.assert_close(got, torch.tensor(expected, dtype=F64), atol=1e-11, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", paths("single", "foreach", "fused"))
 @pytest.mark.parametrize(
     "hp", [dict(wd=0.05), dict(wd=0.05, no_prox=True), dict(max_grad_norm=0.7)],
     ids=["prox", "no_prox", "clip"],
@@ -214,7 +223,7 @@ def test_gradient_scale_invariance() -> None:
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", paths("single", "foreach", "fused"))
 def test_state_dict_round_trip_bit_identical(path: str) -> None:
     x0, grad_fn = noisy_problem(4)
     kw = dict(lr=0.03, weight_decay=0.02, max_grad_norm=1.0, **PATHS[path])
@@ -284,7 +293,7 @@ def test_setstate_backfills_flags() -> None:
     assert g["differentiable"] is False and g["no_prox"] is False
 
 
-@pytest.mark.parametrize("path", ["single", "foreach"])
+@pytest.mark.parametrize("path", paths("single", "foreach", "fused"))
 def test_restart_equals_fresh_optimizer(path: str) -> None:
     x0, grad_fn = noisy_problem(7)
     ps, opt = run_ours(x0, grad_fn, 6, lr=0.05, weight_decay=0.01, **PATHS[path])

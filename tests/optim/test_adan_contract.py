@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from unittest import mock
 
 import pytest
 import torch
 
 from batchcraft.optim import Adan
+from batchcraft.optim._adan_cpu import has_compiler
 from batchcraft.optim._adan_functional import _single_tensor_adan
 
 F64 = torch.float64
 STATE_KEYS = ("exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad", "step")
+NEEDS_CC = pytest.mark.skipif(not has_compiler(), reason="the fused CPU kernel needs a C compiler")
 
 
 def make_params(dtype: torch.dtype = F64, seed: int = 0) -> list[torch.Tensor]:
@@ -39,8 +43,9 @@ def run(params, steps, start=1, scale=1.0, **kw):
 
 
 @pytest.mark.parametrize(
-    "path", [dict(foreach=False), dict(foreach=True)], ids=["single", "foreach"]
-)
+    "path", [dict(foreach=False), dict(foreach=True), pytest.param(dict(fused=True), marks=NEEDS_CC)],
+    ids=["single", "foreach", "fused"],
+)  # fmt: skip
 def test_clipping_equals_prescaled_grads(path: dict) -> None:
     a, b = make_params(), make_params()
     opt_a = Adan(a, lr=0.05, max_grad_norm=0.5, **path)
@@ -72,7 +77,7 @@ def test_huge_max_grad_norm_is_off() -> None:
     "kw",
     [dict(max_grad_norm=0.3), dict(maximize=True), dict(foreach=True, max_grad_norm=0.3,
      maximize=True), dict(foreach=False, weight_decay=0.1, no_prox=True),
-     dict(fused=True, max_grad_norm=0.3, maximize=True)],
+     pytest.param(dict(fused=True, max_grad_norm=0.3, maximize=True), marks=NEEDS_CC)],
     ids=["clip", "maximize", "foreach-clip-max", "single-wd", "fused-clip-max"],
 )  # fmt: skip
 def test_grads_never_mutated(kw: dict) -> None:
@@ -243,18 +248,81 @@ def test_mlp_on_digits_with_cosine_schedule() -> None:
      (dict(betas=(0.9, 0.9)), "three betas"), (dict(weight_decay=-0.1), "weight_decay"),
      (dict(max_grad_norm=-1.0), "max_grad_norm"), (dict(fused=True, foreach=True), "exclusive"),
      (dict(differentiable=True, foreach=True), "single-tensor"), (dict(capturable=True), "capturable"),
-     (dict(lr=torch.ones(2)), "one element")],
+     (dict(lr=torch.ones(2)), "one element"), (dict(lr=math.nan), "lr"),
+     (dict(lr=torch.tensor(math.nan)), "lr"), (dict(eps=math.nan), "eps"),
+     (dict(weight_decay=math.nan), "weight_decay"), (dict(max_grad_norm=math.nan), "max_grad_norm"),
+     (dict(betas=(0.9, math.nan, 0.9)), "beta2")],
 )  # fmt: skip
 def test_invalid_hyper_parameters(kw: dict, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         Adan([torch.zeros(2, requires_grad=True)], **kw)
 
 
+def test_param_groups_are_validated_too() -> None:
+    """NaN in a group (at construction or added later) is rejected like torch's AdamW does, and
+    a rejected group is not left behind."""
+    x, y = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="lr"):
+        Adan([{"params": [x], "lr": math.nan}])
+    opt = Adan([x])
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.add_param_group({"params": [y], "weight_decay": math.nan})
+    with pytest.raises(ValueError, match="float16/bfloat16/float32"):
+        opt.add_param_group({"params": [torch.zeros(2, dtype=torch.complex64)], "fused": True})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [y], "lr": 0.5})
+    assert opt.param_groups[1]["lr"] == 0.5
+
+
+def test_per_group_max_grad_norm_is_rejected() -> None:
+    """Clipping is one global norm over every group, so a group's own value is an error."""
+    x, y = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="optimizer-wide"):
+        Adan([{"params": [x]}, {"params": [y], "max_grad_norm": 1.0}])
+    opt = Adan([x], max_grad_norm=2.0)
+    with pytest.raises(ValueError, match="optimizer-wide"):
+        opt.add_param_group({"params": [y], "max_grad_norm": 0.0})
+    opt.add_param_group({"params": [y], "max_grad_norm": 2.0})  # the same value is fine
+    assert [g["max_grad_norm"] for g in opt.param_groups] == [2.0, 2.0]
+
+
+def test_loaded_state_dict_keeps_the_constructor_max_grad_norm() -> None:
+    """A state dict saved with another clip value warns, and the constructor's value is used."""
+    a = make_params()
+    sd = run(a, 3, lr=0.05, max_grad_norm=0.5).state_dict()
+    b = [p.detach().clone().requires_grad_() for p in a]
+    c = [p.detach().clone().requires_grad_() for p in a]
+    opt_b, opt_c = Adan(b, lr=0.05), Adan(c, lr=0.05)  # no clipping
+    with pytest.warns(UserWarning, match="max_grad_norm"):
+        opt_b.load_state_dict(copy.deepcopy(sd))
+    assert opt_b.param_groups[0]["max_grad_norm"] == 0.0
+    sd["param_groups"][0]["max_grad_norm"] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt_c.load_state_dict(sd)  # the same value: no warning
+    for k in range(4, 7):  # large gradients: a clip at 0.5 would change every step
+        for params, opt in ((b, opt_b), (c, opt_c)):
+            for p, g in zip(params, grads_for(params, k, scale=10.0), strict=True):
+                p.grad = g
+            opt.step()
+    for p, q in zip(b, c, strict=True):
+        assert torch.equal(p, q)
+
+
+def test_functional_adan_is_exported() -> None:
+    """``batchcraft.optim.adan`` is the functional API, not the ``adan`` submodule."""
+    import batchcraft.optim
+    import batchcraft.optim.adan  # importing the submodule must not rebind the name
+
+    assert callable(batchcraft.optim.adan)
+    assert batchcraft.optim.adan.__name__ == "adan"
+
+
 def test_other_errors() -> None:
     with pytest.raises(ValueError, match="empty"):
         Adan([])
     with pytest.raises(ValueError, match="float16/bfloat16/float32"):
-        Adan([torch.zeros(2, dtype=F64, requires_grad=True)], fused=True)
+        Adan([torch.zeros(2, dtype=torch.complex64, requires_grad=True)], fused=True)
     with pytest.raises(ValueError, match="beta2"):
         Adan([{"params": [torch.zeros(2, requires_grad=True)], "betas": (0.9, 1.0, 0.9)}])
     x = torch.zeros(3, requires_grad=True)

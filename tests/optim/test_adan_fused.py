@@ -1,4 +1,4 @@
-"""Fused Adan (Triton kernel under the CPU interpreter; torch.compile path) == foreach."""
+"""Fused Adan == foreach / single: the multi-tensor C kernel (CPU) and the Triton kernel (CPU interpreter)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from batchcraft import _capabilities as caps
 from batchcraft.optim import Adan
+from batchcraft.optim._adan_cpu import has_compiler
 from batchcraft.optim._adan_fused import _fused_adan
 
 needs_triton = pytest.mark.skipif(
@@ -102,9 +103,18 @@ def test_triton_low_precision(dtype: torch.dtype, state_dtype: str) -> None:
     _check_equal("triton", 4097, dtype, sd, kw)
 
 
-@needs_triton
-@pytest.mark.triton
-def test_fused_optimizer_many_small_tensors_and_empty() -> None:
+needs_cc = pytest.mark.skipif(not has_compiler(), reason="the fused CPU kernel needs a C compiler")
+BACKENDS = [
+    pytest.param("cpu", marks=needs_cc),
+    pytest.param("triton", marks=[needs_triton, pytest.mark.triton]),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_optimizer_many_small_tensors_and_empty(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHCRAFT_ADAN_FUSED", backend)
     gen = torch.Generator().manual_seed(0)
     shapes = [(0,), (1,), (3, 1), (17, 5), (2, 3, 4), (4097,)]
     a = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
@@ -125,9 +135,9 @@ def test_fused_optimizer_many_small_tensors_and_empty() -> None:
             )
 
 
-@needs_triton
-@pytest.mark.triton
-def test_fused_non_contiguous_param() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_non_contiguous_param(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHCRAFT_ADAN_FUSED", backend)
     base = torch.randn(6, 5)
     a = base.clone().t().requires_grad_()  # non-contiguous view-like layout
     b = base.clone().t().contiguous().requires_grad_()
@@ -140,14 +150,40 @@ def test_fused_non_contiguous_param() -> None:
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_compiled_path_equals_foreach(dtype: torch.dtype) -> None:
-    """The CPU fast path (torch.compile, inductor C++); slow: the first compile takes ~10-50 s."""
-    kw = dict(weight_decay=0.1, no_prox=False, maximize=False, clip=True)
-    for n in SIZES:
-        _check_equal("compile", n, dtype, torch.float32, dict(kw))
-        _check_equal("compile", n, dtype, torch.float32, dict(kw, first=True, no_prox=True))
+CPU_SIZES = [1, 3, 4097, 16384, 16385, 40000]  # 16384 elements per work item of the C kernel
+
+
+@needs_cc
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("n", CPU_SIZES, ids=[f"n{n}" for n in CPU_SIZES])
+def test_cpu_kernel_fp32_equals_foreach(n: int, case: str) -> None:
+    kw = dict(weight_decay=0.0, no_prox=False, maximize=False) | CASES[case]
+    _check_equal("cpu", n, torch.float32, torch.float32, kw)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("state_dtype", ["same", "fp32"])
+@pytest.mark.parametrize("case", ["prox-clip", "noprox-max"])
+def test_cpu_kernel_low_precision(dtype: torch.dtype, state_dtype: str, case: str) -> None:
+    sd = dtype if state_dtype == "same" else torch.float32
+    kw = dict(weight_decay=0.0, no_prox=False, maximize=False) | CASES[case]
+    _check_equal("cpu", 40000, dtype, sd, kw)
+
+
+@needs_cc
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cpu_kernel_fp32_params_low_precision_state(state_dtype: torch.dtype) -> None:
+    kw = dict(weight_decay=0.05, no_prox=False, maximize=False, clip=True)
+    _check_equal("cpu", 40000, torch.float32, state_dtype, kw)
+
+
+@needs_cc
+def test_cpu_kernel_refuses_a_pair_it_lacks() -> None:
+    p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    p.grad = torch.ones(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"no kernel for torch\.float64 params"):
+        Adan([p], fused=True, state_dtype=torch.float32).step()
 
 
 @pytest.mark.gpu
@@ -166,3 +202,18 @@ def test_cuda_fused_equals_foreach() -> None:
                 opt_a.step()
                 opt_b.step()
             torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=1e-3)
+
+
+def test_fused_modules_do_not_import_the_functional_module() -> None:
+    """The dependency is one-way: ``_adan_functional`` imports ``_adan_fused``, never the reverse."""
+    import ast
+    import inspect
+
+    from batchcraft.optim import _adan_cpu, _adan_fused
+
+    for mod in (_adan_fused, _adan_cpu):
+        tree = ast.parse(inspect.getsource(mod))
+        names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        bad = [n for n in names if n and ("_adan_functional" in n or n.endswith("optim.adan"))]
+        assert not bad, f"{mod.__name__} imports {bad}"

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from batchcraft.optim._adan_fused import _fused_adan
+
 __all__ = ["adan", "global_clip_coef"]
 
 
@@ -240,8 +242,8 @@ def adan(
         state_steps: 0-d float32 CPU counters, incremented here.
         clip_coef: 0-d global clip factor on the gradients' device, or ``None`` (no clipping).
         foreach: multi-tensor path; ``None`` picks it when every tensor is on CUDA.
-        fused: one-pass kernel path (Triton on CUDA, ``torch.compile`` or the Triton interpreter
-            on CPU); never chosen by default.
+        fused: one-pass kernel path (Triton on CUDA, one multi-tensor C kernel call on CPU);
+            never chosen by default.
         lr, beta1, beta2, beta3, eps, weight_decay: hyper-parameters (code-convention betas).
         no_prox: decoupled (AdamW-style) decay instead of the proximal division.
         maximize: ascend instead of descend.
@@ -280,8 +282,6 @@ def adan(
     )
     fn: Callable[..., None]
     if fused:
-        from batchcraft.optim._adan_fused import _fused_adan
-
         fn = _fused_adan
     elif foreach:
         fn = _multi_tensor_adan

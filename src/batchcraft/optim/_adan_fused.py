@@ -1,80 +1,47 @@
-"""Fused Adan: the whole update in one pass over memory, per parameter tensor.
+"""Fused Adan: the whole update in one pass over memory.
 
-Two backends behind :func:`_fused_adan`, chosen once per device (:func:`fused_backend`):
+Two backends behind :func:`_fused_adan`, chosen per device (:func:`fused_backend`):
 
-* ``"triton"``: the kernel of :mod:`batchcraft.optim._adan_triton`; CUDA, or CPU under
-  ``TRITON_INTERPRET=1`` (how the test suite exercises it without a GPU).
-* ``"compile"``: the same update as an elementwise function compiled by ``torch.compile``
-  (inductor's C++ backend on CPU) with dynamic shapes, so one compiled graph serves every size;
-  it multiplies by ``1 / den`` once instead of dividing three times (CPU divisions are slow).
-  All flags are folded into scalars (exact: multiplying by 1 or dividing by 1), so there is one
-  graph per dtype combination. Tensors under ``SMALL_NUMEL`` elements take one batched foreach
-  call instead: a compiled call has a fixed cost (guards, an OpenMP region) that exceeds their
-  work.
+* ``"cpu"``: one call of a small C kernel per (param dtype, state dtype) bucket, over every
+  tensor of the bucket at once (:mod:`batchcraft.optim._adan_cpu`); its cost does not grow with
+  the number of tensors beyond collecting their pointers.
+* ``"triton"``: the kernel of :mod:`batchcraft.optim._adan_triton`, one launch per tensor; CUDA,
+  or CPU under ``TRITON_INTERPRET=1`` when forced (how the tests exercise it without a GPU).
 
 Both load fp16/bf16/fp32 storage, compute in fp32 registers and store back in each tensor's own
-dtype (fp32 state for bf16 parameters is supported).
+dtype (fp32 state for bf16/fp16 parameters is supported); the CPU kernel also takes fp64 (fp64
+maths). This module depends on no other Adan module at import time: the functional entry point
+imports it, never the reverse.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["FUSED_DTYPES", "SMALL_NUMEL", "fused_backend"]
+__all__ = ["FUSED_DTYPES", "fused_backend", "fused_dtypes"]
 
-FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SMALL_NUMEL = 2**16  # compile backend: smaller tensors take the batched foreach path
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # every backend
+_CPU_ONLY_DTYPES = (torch.float64,)
+
+
+def fused_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """The parameter and state dtypes the fused path supports on ``device``."""
+    return FUSED_DTYPES + _CPU_ONLY_DTYPES if device.type == "cpu" else FUSED_DTYPES
 
 
 def fused_backend(device: torch.device) -> str:
-    """``"triton"`` on CUDA (or on CPU under ``TRITON_INTERPRET=1``), else ``"compile"``.
+    """``"triton"`` on CUDA, ``"cpu"`` on the CPU.
 
-    ``$BATCHCRAFT_ADAN_FUSED`` (``triton`` or ``compile``) overrides the choice, for tests and
-    benchmarks.
+    ``$BATCHCRAFT_ADAN_FUSED=triton`` forces the Triton kernel on the CPU too (it then needs
+    ``TRITON_INTERPRET=1``); tests use it to run the kernel in the interpreter.
     """
-    forced = os.environ.get("BATCHCRAFT_ADAN_FUSED", "")
-    if forced in ("triton", "compile"):
-        return forced
     if device.type == "cuda":
         return "triton"
-    from batchcraft import _capabilities as caps
-
-    return "triton" if caps.triton_interpret() and caps.has_triton() else "compile"
-
-
-def _elementwise(
-    p: Tensor, g: Tensor, m: Tensor, v: Tensor, n: Tensor, prev: Tensor, clip: Tensor, s: Tensor
-) -> None:
-    """One Adan update on flat tensors ``[N]``; ``s`` packs the scalars (see :func:`_scalars`)."""
-    g32 = g.float() * clip.float() * s[9]
-    d = (g32 - prev.float()) * s[10]
-    m32 = m.float() * s[0] + g32 * (1.0 - s[0])
-    v32 = v.float() * s[1] + d * (1.0 - s[1])
-    u = d * s[1] + g32
-    n32 = n.float() * s[2] + u * u * (1.0 - s[2])
-    inv_den = 1.0 / (n32.sqrt() * s[5] + s[6])  # one division per element, not three
-    p32 = (p.float() * s[7] - (s[3] * m32 + s[4] * v32) * inv_den) * s[8]
-    p.copy_(p32)
-    m.copy_(m32)
-    v.copy_(v32)
-    n.copy_(n32)
-    prev.copy_(g32)
-
-
-@functools.cache
-def _compiled() -> Callable[..., Any]:
-    return torch.compile(_elementwise, dynamic=True, fullgraph=True)
-
-
-@functools.cache
-def _one(device: torch.device) -> Tensor:
-    return torch.ones((), device=device)
+    return "triton" if os.environ.get("BATCHCRAFT_ADAN_FUSED", "") == "triton" else "cpu"
 
 
 def _fused_adan(
@@ -101,88 +68,125 @@ def _fused_adan(
 ) -> None:
     """Fused path of :func:`batchcraft.optim.adan` (same arguments, plus ``backend``)."""
     del differentiable  # validated by the caller
+    hp: dict[str, Any] = dict(
+        clip_coef=clip_coef, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
+        weight_decay=weight_decay, no_prox=no_prox, maximize=maximize, group_step=group_step,
+    )  # fmt: skip
+    buckets: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        if p.dtype not in FUSED_DTYPES or exp_avgs[i].dtype not in FUSED_DTYPES:
+        buckets.setdefault((p.device, p.dtype, exp_avgs[i].dtype), []).append(i)
+    lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads)
+    for (device, p_dtype, s_dtype), idx in buckets.items():
+        which = backend or fused_backend(device)
+        ok = fused_dtypes(device) if which == "cpu" else FUSED_DTYPES
+        if p_dtype not in ok or s_dtype not in ok:
             raise ValueError(
-                f"fused Adan supports float16/bfloat16/float32 params and state, got {p.dtype} "
-                f"params with {exp_avgs[i].dtype} state; use foreach=True for other dtypes"
+                f"fused Adan supports {'/'.join(str(d)[6:] for d in ok)} params and state on "
+                f"{device.type}, got {p_dtype} params with {s_dtype} state; use foreach=True "
+                "for other dtypes"
             )
-    if backend is None and params and fused_backend(params[0].device) == "compile":
-        # A compiled call costs tens of microseconds (guards, an OpenMP region) whatever the
-        # size, so small tensors go through one batched foreach call instead (same maths).
-        small = [i for i, p in enumerate(params) if p.numel() < SMALL_NUMEL]
-        if small:
-            from batchcraft.optim._adan_functional import _multi_tensor_adan
+        if which == "cpu":
+            from batchcraft.optim._adan_cpu import CPU_KERNELS
 
-            lists = (params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads, state_steps)
-            _multi_tensor_adan(
-                *([x[i] for i in small] for x in lists),
-                clip_coef=clip_coef, lr=lr, beta1=beta1, beta2=beta2, beta3=beta3, eps=eps,
-                weight_decay=weight_decay, no_prox=no_prox, maximize=maximize,
-                differentiable=False, group_step=group_step,
-            )  # fmt: skip
-            big = [i for i in range(len(params)) if params[i].numel() >= SMALL_NUMEL]
-            params, grads, exp_avgs, exp_avg_diffs, exp_avg_sqs, prev_grads, state_steps = (
-                [x[i] for i in big] for x in lists
+            if (p_dtype, s_dtype) not in CPU_KERNELS:
+                pairs = ", ".join(f"{str(a)[6:]}/{str(b)[6:]}" for a, b in CPU_KERNELS)
+                raise ValueError(
+                    f"fused Adan on the CPU has no kernel for {p_dtype} params with {s_dtype} "
+                    f"state; supported (param/state): {pairs}; use foreach=True otherwise"
+                )
+        tensors = [[x[i] for i in idx] for x in lists]
+        steps = [state_steps[i] for i in idx]
+        if which == "cpu":
+            if device.type != "cpu":
+                raise ValueError(f"the 'cpu' fused Adan backend cannot update {device} tensors")
+            _cpu_bucket(tensors, steps, p_dtype, s_dtype, hp)
+        elif which == "triton":
+            for i in range(len(steps)):
+                _check_aligned(i, *(ts[i] for ts in tensors))
+            _triton_each(tensors, steps, hp)
+        else:
+            raise ValueError(f"fused Adan backend must be 'triton' or 'cpu', got {which!r}")
+
+
+def _check_aligned(i: int, p: Tensor, g: Tensor, m: Tensor, *state: Tensor) -> None:
+    """The kernels index raw memory, so sizes, devices and state dtypes must agree exactly."""
+    for name, t in zip(("grad", "exp_avg", "exp_avg_diff", "exp_avg_sq", "prev_grad"),
+                       (g, m, *state), strict=True):  # fmt: skip
+        if t.shape != p.shape or t.device != p.device or (name != "grad" and t.dtype != m.dtype):
+            raise ValueError(
+                f"fused Adan: {name}[{i}] is {t.dtype} {tuple(t.shape)} on {t.device}, but "
+                f"param[{i}] is {tuple(p.shape)} on {p.device} with {m.dtype} state; every "
+                "tensor must match its parameter's shape and device, every state tensor the "
+                "exp_avg dtype"
             )
-    for i, p in enumerate(params):
-        step = state_steps[i]
+
+
+def _cpu_bucket(
+    tensors: list[list[Tensor]],
+    steps: list[Tensor],
+    p_dtype: torch.dtype,
+    s_dtype: torch.dtype,
+    hp: dict[str, Any],
+) -> None:
+    """One C call for the bucket, after one cheap pass of checks over its tensors.
+
+    This pass is the per-tensor cost of a step, so it uses only cheap attribute reads
+    (``numel``, ``dtype``, ``is_cpu``, ``is_contiguous``). Non-contiguous tensors and counters
+    that are not float32 CPU tensors go through copies written back after the call.
+    """
+    from batchcraft.optim._adan_cpu import adan_cpu_update
+
+    ps, gs, ms, vs, ns, prevs = tensors
+    f32 = torch.float32
+    copies: list[tuple[list[Tensor], int, Tensor]] = []  # (list, position, original)
+    for i in range(len(ps)):
+        p, g, m, v, n, prev = ps[i], gs[i], ms[i], vs[i], ns[i], prevs[i]
+        k = p.numel()
+        if not (
+            g.numel() == k and m.numel() == k and v.numel() == k and n.numel() == k
+            and prev.numel() == k and v.dtype is s_dtype and n.dtype is s_dtype
+            and prev.dtype is s_dtype and g.is_cpu and m.is_cpu and v.is_cpu and n.is_cpu
+            and prev.is_cpu
+        ):  # fmt: skip
+            _check_aligned(i, p, g, m, v, n, prev)  # raises with the details
+        if g.dtype is not p_dtype:
+            gs[i] = g.to(p_dtype)
+        if not (
+            p.is_contiguous() and g.is_contiguous() and m.is_contiguous() and v.is_contiguous()
+            and n.is_contiguous() and prev.is_contiguous()
+        ):  # fmt: skip
+            for j, ts in enumerate(tensors):
+                if not ts[i].is_contiguous():
+                    if j != 1:  # gradients are read only
+                        copies.append((ts, i, ts[i]))
+                    ts[i] = ts[i].contiguous()
+        s = steps[i]
+        if s.dtype is not f32 or not s.is_cpu:
+            copies.append((steps, i, s))
+            steps[i] = s.to("cpu", f32)
+    adan_cpu_update(ps, gs, ms, vs, ns, prevs, steps, **hp)
+    for ts, i, original in copies:
+        original.copy_(ts[i])
+
+
+def _triton_each(tensors: list[list[Tensor]], steps: list[Tensor], hp: dict[str, Any]) -> None:
+    """One Triton launch per tensor, with the step's bias corrections computed on the host."""
+    from batchcraft.optim._adan_triton import adan_triton_update
+
+    b1, b2, b3, group_step = hp["beta1"], hp["beta2"], hp["beta3"], hp["group_step"]
+    for i, step in enumerate(steps):
         first = float(step.item()) == 0
         step += 1
         k = float(group_step) if group_step is not None else float(step.item())
-        bc1, bc2, bc3 = 1 - beta1**k, 1 - beta2**k, 1 - beta3**k
-        tensors = [p, grads[i], exp_avgs[i], exp_avg_diffs[i], exp_avg_sqs[i], prev_grads[i]]
-        work = [t if t.is_contiguous() else t.contiguous() for t in tensors]
-        which = backend or fused_backend(p.device)
-        clip = None if clip_coef is None else clip_coef.to(p.device)
-        if which == "triton":
-            from batchcraft.optim._adan_triton import adan_triton_update
-
-            adan_triton_update(
-                work[0],
-                work[1],
-                work[2],
-                work[3],
-                work[4],
-                work[5],
-                clip,
-                first=first,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                beta3=beta3,
-                bc1=bc1,
-                bc2=bc2,
-                bc3=bc3,
-                eps=eps,
-                weight_decay=weight_decay,
-                no_prox=no_prox,
-                maximize=maximize,
-            )
-        elif which == "compile":
-            if p.numel() == 0:
-                continue
-            scal = torch.tensor(
-                [
-                    beta1,
-                    beta2,
-                    beta3,
-                    lr / bc1,
-                    lr * beta2 / bc2,
-                    bc3**-0.5,
-                    eps,
-                    1 - lr * weight_decay if no_prox else 1.0,
-                    1.0 if no_prox else 1 / (1 + lr * weight_decay),
-                    -1.0 if maximize else 1.0,
-                    0.0 if first else 1.0,
-                ],
-                dtype=torch.float32,
-                device=p.device,
-            )
-            flat = [t.view(-1) for t in work]
-            _compiled()(*flat, _one(p.device) if clip is None else clip, scal)
-        else:
-            raise ValueError(f"fused Adan backend must be 'triton' or 'compile', got {which!r}")
-        for t, w in zip(tensors, work, strict=True):
-            if w is not t and t is not grads[i]:
+        own = [ts[i] for ts in tensors]
+        work = [t if t.is_contiguous() else t.contiguous() for t in own]
+        clip = None if hp["clip_coef"] is None else hp["clip_coef"].to(own[0].device)
+        p, g, m, v, n, prev = work
+        adan_triton_update(
+            p, g, m, v, n, prev, clip, first=first, lr=hp["lr"], beta1=b1, beta2=b2, beta3=b3,
+            bc1=1 - b1**k, bc2=1 - b2**k, bc3=1 - b3**k, eps=hp["eps"],
+            weight_decay=hp["weight_decay"], no_prox=hp["no_prox"], maximize=hp["maximize"],
+        )  # fmt: skip
+        for j, (t, w) in enumerate(zip(own, work, strict=True)):
+            if w is not t and j != 1:
                 t.copy_(w)

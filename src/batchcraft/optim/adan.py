@@ -7,6 +7,7 @@ Deep Models", arXiv 2208.06677 (TPAMI 2024). The functional paths live in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,20 +36,21 @@ _GROUP_DEFAULTS: dict[str, Any] = {
 def _validate(
     lr: float | Tensor, betas: tuple[float, ...], eps: float, wd: float, max_grad_norm: float
 ) -> None:
+    """Reject bad hyper-parameters; ``not x >= 0`` (not ``x < 0``) so that NaN is rejected too."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError(f"lr as a Tensor must have one element, got shape {tuple(lr.shape)}")
-    if float(lr) < 0:
-        raise ValueError(f"Invalid lr: {float(lr)}; the learning rate must be >= 0")
-    if eps < 0:
-        raise ValueError(f"Invalid eps: {eps}; eps must be >= 0")
+    if not float(lr) >= 0.0:
+        raise ValueError(f"Invalid lr: {float(lr)}; the learning rate must be a number >= 0")
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid eps: {eps}; eps must be a number >= 0")
     if len(betas) != 3:
         raise ValueError(f"Invalid betas: {betas}; Adan needs three betas (b1, b2, b3)")
     for i, b in enumerate(betas):
         if not 0.0 <= b < 1.0:
             raise ValueError(f"Invalid beta{i + 1}: {b}; every beta must be in [0, 1)")
-    if wd < 0:
-        raise ValueError(f"Invalid weight_decay: {wd}; weight_decay must be >= 0")
-    if max_grad_norm < 0:
+    if not wd >= 0.0:
+        raise ValueError(f"Invalid weight_decay: {wd}; weight_decay must be a number >= 0")
+    if not max_grad_norm >= 0.0:
         raise ValueError(f"Invalid max_grad_norm: {max_grad_norm}; use 0 (off) or a positive norm")
 
 
@@ -81,9 +83,12 @@ class Adan(Optimizer):
         no_prox: decoupled AdamW-style decay instead of the proximal division.
         max_grad_norm: global gradient-norm clipping over all groups (0 = off); computed on
             device with no host sync; uses the constructor's ``eps`` and ``max_grad_norm``.
+            It is optimizer-wide: a param group that sets another value raises ``ValueError``,
+            and :meth:`load_state_dict` keeps the constructor's value (warning if it differs).
         foreach: multi-tensor path; ``None`` picks it when every tensor is on CUDA (torch rule).
-        fused: one-pass kernel (Triton on CUDA; ``torch.compile`` or the Triton interpreter on
-            CPU); fp16/bf16/fp32 only; never picked by default.
+        fused: one-pass kernel: Triton on CUDA (fp16/bf16/fp32); on the CPU one call of a C
+            kernel for all tensors of a dtype (fp16/bf16/fp32/fp64; compiled on first use);
+            never picked by default.
         maximize: maximise the objective.
         capturable: accepted for signature compatibility; only ``False`` is supported (v1).
         differentiable: run the step under autograd (single-tensor path only).
@@ -133,17 +138,35 @@ class Adan(Optimizer):
             state_dtype=state_dtype,
         )  # fmt: skip
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            _validate(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], 0.0)
-            if group["fused"]:
-                from batchcraft.optim._adan_fused import FUSED_DTYPES
 
-                for p in group["params"]:
-                    if p.dtype not in FUSED_DTYPES:
-                        raise ValueError(
-                            f"fused=True supports float16/bfloat16/float32 parameters, got "
-                            f"{p.dtype}; use foreach=True (or fused=False) for this dtype"
-                        )
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``, validating the group's hyper-parameters and dtypes.
+
+        ``max_grad_norm`` is optimizer-wide (one clip factor from the norm of every gradient of
+        every group), so a group that sets a different value is rejected rather than ignored.
+        """
+        clip = param_group.get("max_grad_norm", self.defaults["max_grad_norm"])
+        if clip != self.defaults["max_grad_norm"]:
+            raise ValueError(
+                f"max_grad_norm={clip} in a param group: clipping is optimizer-wide (one global "
+                f"norm over every group), so set it once with Adan(..., max_grad_norm=...) "
+                f"(this optimizer has {self.defaults['max_grad_norm']})"
+            )
+        group = {**self.defaults, **param_group}
+        _validate(group["lr"], tuple(group["betas"]), group["eps"], group["weight_decay"], 0.0)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group["fused"]:
+            from batchcraft.optim._adan_fused import fused_dtypes
+
+            for p in group["params"]:
+                if p.dtype not in fused_dtypes(p.device):
+                    self.param_groups.pop()
+                    raise ValueError(
+                        f"fused=True supports float16/bfloat16/float32 parameters (and float64 "
+                        f"on the CPU), got {p.dtype} on {p.device.type}; use foreach=True (or "
+                        "fused=False) for this dtype"
+                    )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -254,6 +277,17 @@ class Adan(Optimizer):
                 if dtype is not None and st is not None:
                     keep[p] = (dtype, {k: st[k] for k in _STATE_KEYS if k in st})
         super().load_state_dict(state_dict)
+        clip = self.defaults["max_grad_norm"]
+        saved = {g.get("max_grad_norm", clip) for g in self.param_groups}
+        if saved != {clip}:
+            warnings.warn(
+                f"the state dict was saved with max_grad_norm={sorted(saved)}; this optimizer "
+                f"keeps its own max_grad_norm={clip} (clipping is optimizer-wide, set at "
+                "construction)",
+                stacklevel=2,
+            )
+        for group in self.param_groups:
+            group["max_grad_norm"] = clip
         for p, (dtype, tensors) in keep.items():
             for k, t in tensors.items():
                 self.state[p][k] = t.to(device=p.device, dtype=dtype, copy=True)
