@@ -8,15 +8,18 @@ from helpers import rel_rms
 
 from batchcraft.models.lact_config import (
     LaCTConfig,
-    full_attention_baseline,
     get_preset,
     lact_3b,
     lact_760m,
     lact_small,
     lact_tiny,
+)
+from batchcraft.models.lact_lm import (
+    LaCTForCausalLM,
+    count_parameters,
+    full_attention_baseline,
     swa_baseline,
 )
-from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +208,7 @@ def test_config_round_trip():
 
 
 def test_ttt_linear_baseline_trains_and_refuses_cache():
-    from batchcraft.models.lact_config import ttt_linear_baseline
+    from batchcraft.models.lact_lm import ttt_linear_baseline
 
     cfg = ttt_linear_baseline(_cfg())
     assert abs(count_parameters(cfg) - count_parameters(_cfg())) / count_parameters(_cfg()) < 0.005
@@ -222,3 +225,18 @@ def test_ttt_linear_baseline_trains_and_refuses_cache():
     with torch.no_grad():
         a, b = model(ids).logits, model(x2).logits
     torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=1e-6)  # causal
+
+
+def test_config_module_does_not_import_the_model():
+    """lact_config is plain data: the parameter-matched baselines that need the model live in
+    lact_lm, so there is no import circle between the two modules."""
+    import ast
+    import inspect
+
+    import batchcraft.models.lact_config as mod
+
+    tree = ast.parse(inspect.getsource(mod))
+    imported = {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module is not None
+    } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.startswith("batchcraft.models") for m in imported), imported

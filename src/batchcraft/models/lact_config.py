@@ -1,10 +1,11 @@
-"""LaCT language-model configuration, presets and parameter-matched baselines (spec §8, §9).
+"""LaCT language-model configuration and presets.
 
 Presets are functions returning a :class:`LaCTConfig`; keyword overrides are applied on top::
 
     cfg = lact_tiny(use_muon=True)
-    swa = swa_baseline(cfg)             # same blocks, attention only, sliding window
-    full = full_attention_baseline(cfg) # same blocks, full causal attention
+
+The parameter-matched baselines (``swa_baseline``, ...) need the model to count parameters and
+live in :mod:`batchcraft.models.lact_lm`, so this module imports nothing from the model.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ from typing import Any
 __all__ = [
     "PRESETS",
     "LaCTConfig",
-    "full_attention_baseline",
     "get_preset",
     "lact_3b",
     "lact_760m",
     "lact_small",
     "lact_tiny",
-    "swa_baseline",
-    "ttt_linear_baseline",
 ]
 
 
@@ -178,32 +176,3 @@ def get_preset(name: str, **kw: Any) -> LaCTConfig:
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[key](**kw)
-
-
-def swa_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Sliding-window Transformer with ``cfg``'s blocks (TTT removed), MLP widened to match params."""
-    base = replace(cfg, use_ttt=False)
-    return _match(base, cfg) if match_params else base
-
-
-def full_attention_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Full-attention Transformer with ``cfg``'s blocks, MLP widened to match params."""
-    base = replace(cfg, use_ttt=False, window_size=None)
-    return _match(base, cfg) if match_params else base
-
-
-def ttt_linear_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Small-chunk TTT-Linear (mini-batch 16) + the same SWA, MLP adjusted to match params."""
-    base = replace(cfg, mixer="ttt_linear", use_ttt=True)
-    return _match(base, cfg) if match_params else base
-
-
-def _match(base: LaCTConfig, target: LaCTConfig) -> LaCTConfig:
-    """Widen the MLP of ``base`` so its parameter count is closest to ``target``'s."""
-    from batchcraft.models.lact_lm import count_parameters
-
-    want = count_parameters(target)
-    have = count_parameters(base)
-    per_unit = 3 * base.hidden_size * base.num_layers  # one more MLP hidden unit in every block
-    extra = round((want - have) / per_unit)
-    return replace(base, mlp_hidden=max(1, base.intermediate_size + extra))

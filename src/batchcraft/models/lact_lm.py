@@ -7,7 +7,7 @@ sliding-window (``window_size=W``) or full-attention (``window_size=None``) Tran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,16 @@ from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.nn.lact import LaCTLayer, LaCTLayerCache
 from batchcraft.nn.ttt_linear import TTTLinearLayer
 
-__all__ = ["IGNORE_INDEX", "LMCache", "LMOutput", "LaCTForCausalLM", "count_parameters"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LMCache",
+    "LMOutput",
+    "LaCTForCausalLM",
+    "count_parameters",
+    "full_attention_baseline",
+    "swa_baseline",
+    "ttt_linear_baseline",
+]
 
 IGNORE_INDEX = -100
 
@@ -294,3 +303,31 @@ def count_parameters(config: LaCTConfig) -> int:
     with torch.device("meta"):
         model = LaCTForCausalLM(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- parameter-matched baselines
+def swa_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Sliding-window Transformer with ``cfg``'s blocks (TTT removed), MLP widened to match params."""
+    base = replace(cfg, use_ttt=False)
+    return _match(base, cfg) if match_params else base
+
+
+def full_attention_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Full-attention Transformer with ``cfg``'s blocks, MLP widened to match params."""
+    base = replace(cfg, use_ttt=False, window_size=None)
+    return _match(base, cfg) if match_params else base
+
+
+def ttt_linear_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Small-chunk TTT-Linear (mini-batch 16) + the same SWA, MLP adjusted to match params."""
+    base = replace(cfg, mixer="ttt_linear", use_ttt=True)
+    return _match(base, cfg) if match_params else base
+
+
+def _match(base: LaCTConfig, target: LaCTConfig) -> LaCTConfig:
+    """Widen the MLP of ``base`` so its parameter count is closest to ``target``'s."""
+    want = count_parameters(target)
+    have = count_parameters(base)
+    per_unit = 3 * base.hidden_size * base.num_layers  # one more MLP hidden unit in every block
+    extra = round((want - have) / per_unit)
+    return replace(base, mlp_hidden=max(1, base.intermediate_size + extra))
