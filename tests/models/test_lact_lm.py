@@ -205,6 +205,27 @@ def test_config_round_trip():
     assert LaCTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         LaCTConfig.from_dict({"hidden": 3})
+    # a config.json written before the op options became config fields still loads
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in ("inner_loss", "inner_steps", "check", "recompute", "muon_steps", "lr_dim",
+                        "qkv_bias")}  # fmt: skip
+    assert LaCTConfig.from_dict(old) == cfg
+
+
+def test_config_options_reach_every_layer_and_the_op():
+    """The blocks read the layer options from the config by name (no field copied by hand)."""
+    from batchcraft.nn.lact import LaCTLayerOptions
+    from batchcraft.ops.lact import LaCTOptions
+
+    cfg = _cfg(use_muon=True, muon="classic", muon_steps=3, weight_norm="pre", qk_norm=True,
+               qkv_bias=True, v_silu=False, rope_theta=1e4, init="full", fw_init_gain=0.3,
+               output_gate=False, inter_multi=2, base_lr=3e-3, recompute=True, inner_steps=2,
+               use_momentum=False, lact_impl="naive", attn_impl="naive")  # fmt: skip
+    model = LaCTForCausalLM(cfg)
+    for block in model.blocks:
+        assert block.mix.options == LaCTLayerOptions.project(cfg)
+        assert block.mix.lact_options == LaCTOptions.project(cfg)
+    assert model.blocks[1].mix.layer_idx == 1
 
 
 def test_ttt_linear_baseline_trains_and_refuses_cache():

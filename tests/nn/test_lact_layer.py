@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from batchcraft.nn.bidirectional_lact import BidirectionalLaCTLayer
-from batchcraft.nn.lact import LaCTLayer
+from batchcraft.nn.lact import LaCTLayer, LaCTLayerOptions
+from batchcraft.ops.lact import LaCTOptions
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +60,9 @@ def test_ttt_branch_matters_beyond_window():
     y, _ = layer(x)
     y2, _ = layer(x2)
     assert (y2[:, 12:] - y[:, 12:]).abs().max() > 1e-8  # position 12 - 1 > W = 4
-    swa = _layer(use_ttt=True, window_size=4)
-    swa.use_ttt = False  # same weights without the TTT branch: no effect beyond the window
+    swa = _layer(use_ttt=False, window_size=4)  # same attention weights, no TTT branch
+    missing, unexpected = swa.load_state_dict(layer.state_dict(), strict=False)
+    assert not missing and unexpected  # only TTT parameters are left out
     ya, _ = swa(x)
     yb, _ = swa(x2)
     torch.testing.assert_close(ya[:, 5:], yb[:, 5:], rtol=0, atol=0)
@@ -190,6 +192,10 @@ def test_reset_parameters_low_rank_init():
         ({"weight_norm": "mid"}, "weight_norm"),
         ({"use_ttt": False, "window_size": 0}, "no token mixing"),
         ({"muon": "fast"}, "muon"),
+        ({"base_lr": float("nan")}, "base_lr"),
+        ({"base_lr": -1e-3}, "base_lr"),
+        ({"inter_multi": 0}, "inter_multi"),
+        ({"muon_steps": 6}, "muon_steps"),
     ],
 )
 def test_validation_errors(kw, match):
@@ -197,6 +203,36 @@ def test_validation_errors(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         LaCTLayer(32, **args)
+
+
+def test_options_object_and_keywords_build_the_same_layer(monkeypatch):
+    kw = dict(num_heads=2, num_attn_heads=4, chunk_size=4, window_size=4, low_rank=4,
+              use_muon=True, muon_steps=3, recompute=True, inner_loss="mse")  # fmt: skip
+    opts = LaCTLayerOptions(hidden_size=32, **kw)
+    a, b = LaCTLayer(options=opts), LaCTLayer(32, **kw)
+    assert a.options == b.options == opts
+    assert type(a.lact_options) is LaCTOptions and a.lact_options == LaCTOptions.project(opts)
+    assert {n: p.shape for n, p in a.named_parameters()} == {
+        n: p.shape for n, p in b.named_parameters()
+    }
+    assert LaCTLayer(options=opts, window_size=8).options.window_size == 8  # keywords override
+    # the op receives exactly the layer's op options
+    import batchcraft.nn.lact as mod
+
+    seen = []
+    real = mod.lact
+
+    def spy(*args, **kwargs):
+        seen.append(args[5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "lact", spy)
+    a.double()(_x(t=5))
+    assert seen == [a.lact_options]
+    with pytest.raises(TypeError, match="unknown LaCTLayerOptions option"):
+        LaCTLayer(32, chunk=4)
+    with pytest.raises(TypeError, match="needs hidden_size"):
+        LaCTLayer(num_heads=2)
 
 
 def test_forward_input_errors():

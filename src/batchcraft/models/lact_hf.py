@@ -50,7 +50,7 @@ class LaCTHFConfig(PretrainedConfig):  # type: ignore[misc]
         for k, v in self.lact.items():
             setattr(self, k, v)
         self.num_hidden_layers = self.lact["num_layers"]  # names generate() looks up
-        self.num_attention_heads = self.lact["num_attn_heads"]
+        self.num_attention_heads = self.lact["num_attn_heads"] or self.lact["num_heads"]
         kwargs.setdefault("use_cache", True)
         super().__init__(**kwargs)
 

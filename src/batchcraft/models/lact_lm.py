@@ -92,38 +92,14 @@ class LaCTBlock(nn.Module):
                 cfg.num_heads,
                 mini_batch=cfg.ttt_mini_batch,
                 window_size=cfg.window_size,
-                num_attn_heads=cfg.num_attn_heads,
+                num_attn_heads=cfg.attn_heads,
                 use_rope=cfg.use_rope,
                 rope_theta=cfg.rope_theta,
                 attn_impl=cfg.attn_impl,
             )
         else:
-            self.mix = LaCTLayer(
-                d,
-                cfg.num_heads,
-                chunk_size=cfg.chunk_size,
-                window_size=cfg.window_size,
-                num_attn_heads=cfg.num_attn_heads,
-                inter_multi=cfg.inter_multi,
-                base_lr=cfg.base_lr,
-                use_momentum=cfg.use_momentum,
-                use_muon=cfg.use_muon,
-                muon=cfg.muon,
-                weight_norm=cfg.weight_norm,
-                qk_norm=cfg.qk_norm,
-                v_silu=cfg.v_silu,
-                use_rope=cfg.use_rope,
-                rope_theta=cfg.rope_theta,
-                init=cfg.init,
-                low_rank=cfg.low_rank,
-                fw_init_gain=cfg.fw_init_gain,
-                output_gate=cfg.output_gate,
-                fast_weight=cfg.fast_weight,
-                use_ttt=cfg.use_ttt,
-                layer_idx=layer_idx,
-                lact_impl=cfg.lact_impl,
-                attn_impl=cfg.attn_impl,
-            )
+            # the config is a LaCTLayerOptions: the layer reads its own fields by name
+            self.mix = LaCTLayer(options=cfg, layer_idx=layer_idx)
         self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.mlp = SwiGLUMLP(d, cfg.intermediate_size)
 

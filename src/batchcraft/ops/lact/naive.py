@@ -13,14 +13,16 @@ so it checks the closed form of the fast path. Works in fp32 and fp64 and is dif
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from batchcraft.ops.lact.api import Layout, Schedule, run_lact
 from batchcraft.ops.lact.executor import Backend
+from batchcraft.ops.lact.options import LaCTOptions, resolve_options
+from batchcraft.ops.lact.runner import Layout, run_lact
+from batchcraft.ops.lact.schedule import Schedule
 from batchcraft.ops.lact.state import FastWeights, LaCTState
-from batchcraft.ops.lact.update import UpdateConfig
 
 __all__ = ["naive_lact"]
 
@@ -42,7 +44,7 @@ class _NaiveBackend(Backend):
     def grad(self, w: Sequence[Tensor], k: Tensor, v: Tensor, lr: Tensor) -> list[Tensor]:
         # lr columns: (gate, up, down); the linear variant has only "down".
         cols = [0, 1, 2] if len(w) == 3 else [2]
-        mse = self.cfg.loss == "mse"
+        mse = self.cfg.inner_loss == "mse"
         deltas = []
         for i, col in enumerate(cols):
             lam = lr[..., col]  # [B, S, H]
@@ -62,7 +64,7 @@ class _NaiveBackend(Backend):
         return beta.mean(dim=1)[..., None, None]  # [B, S, H] -> [B, H, 1, 1]
 
 
-def _make(cfg: UpdateConfig) -> tuple[Backend, Layout]:
+def _make(cfg: LaCTOptions) -> tuple[Backend, Layout]:
     return _NaiveBackend(cfg), Layout()
 
 
@@ -72,39 +74,16 @@ def naive_lact(
     v: Tensor,
     lr: Tensor,
     state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
     *,
-    chunk_size: int,
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
-    muon: str | None = None,
-    muon_steps: int = 5,
-    weight_norm: str | None = "post",
-    fast_weight: str = "swiglu",
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    loss: str = "neg_dot",
-    inner_steps: int = 1,
-    check: bool = False,
-    recompute: bool = False,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Reference LaCT (autograd inner gradient, per-range loop). Same contract as
-    :func:`batchcraft.ops.lact.lact`; ``recompute`` is accepted and ignored."""
-    del recompute
+    :func:`batchcraft.ops.lact.lact`; ``recompute`` is ignored."""
+    opts = resolve_options(options, kw, beta_given=beta is not None)
     return run_lact(
-        _make,
-        q,
-        k,
-        v,
-        lr,
-        state,
-        chunk_size=chunk_size,
-        schedule=schedule,
-        beta=beta,
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        fast_weight=fast_weight,
-        cu_seqlens=cu_seqlens,
-        loss=loss,
-        inner_steps=inner_steps,
-        check=check,
+        _make, q, k, v, lr, state, opts, schedule=schedule, beta=beta, cu_seqlens=cu_seqlens
     )
