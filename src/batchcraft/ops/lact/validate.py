@@ -175,6 +175,11 @@ def check_call(
             )
         if opts.fast_weight == "linear" and state.weights.gate is not None:
             raise ValueError("state holds SwiGLU weights but fast_weight='linear'")
+        if beta is not None and state.num_pending > 0 and state.pending_beta is None:
+            raise ValueError(
+                "state holds pending tokens without momentum gates, so this call cannot pass "
+                "beta: continue the stream without momentum or start from a fresh state"
+            )
     if opts.use_momentum and beta is None:
         raise ValueError("use_momentum=True needs beta [B, T, H] (the momentum gates)")
     if beta is not None and not opts.use_momentum:
