@@ -261,3 +261,130 @@ def test_config_module_does_not_import_the_model():
         n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module is not None
     } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(m.startswith("batchcraft.models") for m in imported), imported
+
+
+# ----------------------------------------------------------- losses and inputs by hand
+def _hand_loss(logits, ids, keep):
+    """Mean over the pairs (t, t + 1) that ``keep(t)`` allows of -log p(ids[t + 1] | logits[t])."""
+    terms = []
+    b, t, _ = logits.shape
+    for i in range(b):
+        for j in range(t - 1):
+            if keep(i, j):
+                terms.append(-torch.log_softmax(logits[i, j].double(), -1)[ids[i, j + 1]])
+    return torch.stack(terms).mean()
+
+
+def test_loss_is_the_mean_next_token_nll_by_hand():
+    model = _model(_cfg())
+    ids = _ids(b=2, t=12)
+    labels = ids.clone()
+    labels[0, 5] = -100  # predicting position 5 of row 0 is ignored
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    want = _hand_loss(out.logits, ids, lambda i, j: not (i == 0 and j + 1 == 5))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_document_loss_never_predicts_across_a_boundary():
+    """Pairs (t, t + 1) are kept only inside a document: the last token of a document does not
+    predict the first token of the next one (and the first one still predicts its successor)."""
+    model = _model(_cfg())
+    ids = _ids(b=1, t=20)
+    cu = torch.tensor([0, 6, 7, 20])  # includes a one-token document
+    doc = torch.bucketize(torch.arange(20), cu[1:], right=True)  # document of every position
+    with torch.no_grad():
+        out = model(ids, labels=ids, cu_seqlens=cu)
+    want = _hand_loss(out.logits, ids, lambda i, j: bool(doc[j] == doc[j + 1]))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_right_padded_loss_counts_only_real_pairs_by_hand():
+    model = _model(_cfg())
+    ids = _ids(b=2, t=14)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        out = model(ids, labels=ids, attention_mask=mask)
+    want = _hand_loss(out.logits, ids, lambda i, j: bool(mask[i, j + 1]))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_is_the_pre_norm_residual_stack():
+    """logits = lm_head(norm(x_L)), x_{l+1} = y + mlp(mlp_norm(y)), y = x_l + mix(mix_norm(x_l))."""
+    model = _model(_cfg(use_muon=True))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # norm gains off 1 so a dropped or misplaced norm shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.RMSNorm):
+                m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=g))
+    ids = _ids(b=2, t=19)
+    with torch.no_grad():
+        x = model.embed(ids)
+        for blk in model.blocks:
+            x = x + blk.mix(blk.mix_norm(x))[0]
+            x = x + blk.mlp.down(
+                torch.nn.functional.silu(blk.mlp_norm(x) @ blk.mlp.gate_up.weight[:96].T)
+                * (blk.mlp_norm(x) @ blk.mlp.gate_up.weight[96:].T)
+            )
+        want = model.norm(x) @ model.lm_head.weight.T
+        torch.testing.assert_close(model(ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("ids", "exc", "match"),
+    [
+        (torch.tensor([[1, 64, 3]]), ValueError, r"input_ids must lie in \[0, vocab_size = 64\)"),
+        (torch.tensor([[1, -1, 3]]), ValueError, r"got values in \[-1, 3\]"),
+        (torch.tensor([[1.0, 2.0]]), TypeError, "integer tensor"),
+        (torch.tensor([1, 2, 3]), ValueError, r"\[B, T\]"),
+    ],
+    ids=["too-large", "negative", "float", "1d"],
+)
+def test_bad_token_ids_raise_a_clear_error(ids, exc, match):
+    model = _model(_cfg())
+    with pytest.raises(exc, match=match):
+        model(ids)
+
+
+def test_bad_labels_raise_a_clear_error():
+    model = _model(_cfg())
+    ids = _ids(b=1, t=6)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        model(ids, labels=torch.full_like(ids, 64))
+    with pytest.raises(ValueError, match="labels must have input_ids' shape"):
+        model(ids, labels=ids[:, :4])
+    out = model(ids, labels=torch.full_like(ids, -100).index_fill(1, torch.tensor([3]), 5))
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": -2}, "top_k"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+    ],
+)
+def test_generate_rejects_bad_sampling_options(kw, match):
+    model = _model(_cfg())
+    args = {"max_new_tokens": 2, "temperature": 1.0} | kw
+    with pytest.raises(ValueError, match=match):
+        model.generate(_ids(b=1, t=4), **args)
+
+
+def test_top_k_samples_only_among_the_k_most_likely():
+    model = _model(_cfg())
+    prompt = _ids(b=1, t=5).repeat(300, 1)  # 300 draws of the first sampled token at once
+    with torch.no_grad():
+        last = model(prompt[:1]).logits[0, -1]
+    top3 = set(last.topk(3).indices.tolist())
+    draws = model.generate(prompt, 1, temperature=5.0, top_k=3,
+                           generator=torch.Generator().manual_seed(0))[:, -1]  # fmt: skip
+    assert set(draws.tolist()) <= top3 and len(set(draws.tolist())) > 1
+    greedy = model.generate(prompt[:1], 1)[:, -1]
+    one = model.generate(prompt[:4], 1, temperature=1.0, top_k=1,
+                         generator=torch.Generator().manual_seed(0))[:, -1]  # fmt: skip
+    assert torch.equal(one, greedy.expand(4))

@@ -7,6 +7,7 @@ sliding-window (``window_size=W``) or full-attention (``window_size=None``) Tran
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @dataclass
@@ -192,8 +194,7 @@ class LaCTForCausalLM(nn.Module):
             cu_seqlens: ``[N + 1]`` packed-document boundaries for ``B = 1``.
             use_cache: return a cache (implied when ``cache`` is given).
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        self._check_ids(input_ids, labels)
         if cache is not None and len(cache.layers) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.layers)} layers, model has {len(self.blocks)}")
         x = self.embed(input_ids)  # [B, T, d]
@@ -226,6 +227,39 @@ class LaCTForCausalLM(nn.Module):
         out_cache = LMCache(new_layers) if len(new_layers) == len(self.blocks) else None
         return LMOutput(logits=logits, loss=loss, cache=out_cache)
 
+    def _check_ids(self, input_ids: Tensor, labels: Tensor | None) -> None:
+        """Token ids in ``[0, vocab)`` (labels may also be ``IGNORE_INDEX``); one ``ValueError``.
+
+        The range check reads two scalars back (a device sync per forward); the embedding would
+        otherwise fail with an index error (CPU) or a device-side assert (CUDA).
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dtype not in _INT_DTYPES:
+            got = input_ids.dtype if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise TypeError(f"input_ids must be an integer tensor (torch.long), got {got}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        vocab = self.config.vocab_size
+        if input_ids.numel() > 0:
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= vocab:
+                raise ValueError(
+                    f"input_ids must lie in [0, vocab_size = {vocab}), got values in [{lo}, {hi}]"
+                )
+        if labels is None:
+            return
+        if not isinstance(labels, Tensor) or labels.dtype not in _INT_DTYPES:
+            raise TypeError("labels must be an integer tensor (torch.long) like input_ids")
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+            )
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels must lie in [0, vocab_size = {vocab}) or be {IGNORE_INDEX} (ignored), "
+                f"got {int(labels[bad][0])}"
+            )
+
     @torch.no_grad()
     def generate(
         self,
@@ -242,13 +276,23 @@ class LaCTForCausalLM(nn.Module):
             max_new_tokens: tokens to append.
             temperature: 0 for greedy, else softmax sampling at this temperature.
             generator: randomness for sampling.
-            top_k: sample among the ``top_k`` most likely tokens only.
+            top_k: sample among the ``top_k`` most likely tokens only (``>= 1``; ``None``: all).
 
         Returns:
             ``[B, T + max_new_tokens]``.
         """
-        if max_new_tokens < 0 or temperature < 0:
-            raise ValueError("max_new_tokens and temperature must be >= 0")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(
+                f"temperature ({temperature}) must be a finite number >= 0 (0: greedy)"
+            )
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
+            raise ValueError(f"top_k ({top_k!r}) must be an int >= 1 or None (no top-k filter)")
         out = self(input_ids, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
         tokens = [input_ids]
