@@ -8,7 +8,9 @@ sliding-window (``window_size=W``) or full-attention (``window_size=None``) Tran
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ __all__ = [
     "LaCTForCausalLM",
     "count_parameters",
     "full_attention_baseline",
+    "load_lact_lm",
     "swa_baseline",
     "ttt_linear_baseline",
 ]
@@ -316,6 +319,42 @@ def _sample(
         z = z.masked_fill(z < kth, float("-inf"))
     p = z.softmax(dim=-1)
     return torch.multinomial(p.cpu(), 1, generator=generator).to(logits.device)
+
+
+def load_lact_lm(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> LaCTForCausalLM:
+    """The model of a checkpoint folder (``config.json`` + ``model.safetensors``, as ``lm train``
+    writes to ``OUT/checkpoint``), in eval mode; a folder killed mid-swap falls back to its
+    ``.old`` copy. Nothing is unpickled.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the folder is missing, incomplete, damaged, or its
+            weights do not fit its config.
+    """
+    from safetensors.torch import load_file
+
+    from batchcraft.utils.io import CheckpointError, load_json, load_module_state, resolve_dir
+
+    p = Path(path)
+    complete = (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    folder = p if complete else resolve_dir(p)
+    if folder is None or not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors; "
+            "`lm train` writes them to OUT/checkpoint)"
+        )
+    try:
+        cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
+    model = LaCTForCausalLM(cfg)
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+    except Exception as exc:  # safetensors' own error types for missing/truncated files
+        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
+    load_module_state(model, state, folder / "model.safetensors")
+    return model.to(map_location).eval()
 
 
 def count_parameters(config: LaCTConfig) -> int:
