@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from batchcraft.models.lact_config import lact_tiny
-from batchcraft.models.lact_hf import LaCTHFConfig, LaCTHFForCausalLM, export_hf
+from batchcraft.models.lact_hf import LaCTHFConfig, LaCTHFForCausalLM, export_hf, save_hf
 from batchcraft.utils.io import CheckpointError
 
 
@@ -88,24 +88,32 @@ def test_auto_classes_load_a_saved_folder_offline(tmp_path, monkeypatch):
 
 
 def test_export_an_lm_train_checkpoint(tmp_path, monkeypatch):
-    from batchcraft.recipes.lm import save_lm_checkpoint
+    from batchcraft.recipes.lm import export_lm, load_lm, save_lm_checkpoint
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = _hf().lact
-    ckpt = save_lm_checkpoint(tmp_path / "run" / "checkpoint", model, None, step=3)
-    out = export_hf(ckpt, tmp_path / "hf")
+    ckpt = save_lm_checkpoint(tmp_path / "run" / "checkpoint", model, None, step=3)  # sharded
+    with pytest.raises(CheckpointError, match="lm export"):
+        export_hf(ckpt, tmp_path / "hf0")
+    single = export_lm(ckpt, tmp_path / "export")  # config.json + model.safetensors
+    out = export_hf(single, tmp_path / "hf")
     auto = AutoModelForCausalLM.from_pretrained(out).eval()
     assert auto.config.to_lact() == model.config
     ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(auto(ids).logits, model(ids).logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="not empty"):
-        export_hf(ckpt, out)
-    export_hf(ckpt, out, overwrite=True)
+        export_hf(single, out)
+    export_hf(single, out, overwrite=True)
+    # a sharded checkpoint through the recipe's loader
+    direct = save_hf(load_lm(ckpt), tmp_path / "hf_direct")
+    torch.testing.assert_close(
+        AutoModelForCausalLM.from_pretrained(direct)(ids).logits, model(ids).logits, rtol=0, atol=0
+    )
     with pytest.raises(CheckpointError, match="not a LaCT checkpoint folder"):
         export_hf(tmp_path / "nowhere", tmp_path / "hf2")
     # weights that do not fit the config: one clear error naming the file
-    (ckpt / "config.json").write_text(
-        (ckpt / "config.json").read_text().replace('"num_layers": 2', '"num_layers": 3')
+    (single / "config.json").write_text(
+        (single / "config.json").read_text().replace('"num_layers": 2', '"num_layers": 3')
     )
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        export_hf(ckpt, tmp_path / "hf3")
+        export_hf(single, tmp_path / "hf3")

@@ -12,7 +12,7 @@ Example::
     import batchcraft.models.lact_hf  # registers the Auto classes
     from transformers import AutoModelForCausalLM
 
-    export_hf("runs/lm/checkpoint", "hf/lact")          # an `lm train` checkpoint -> HF folder
+    export_hf("runs/lm/export", "hf/lact")              # an `lm export` folder -> HF folder
     hf = AutoModelForCausalLM.from_pretrained("hf/lact")
     out = hf.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False)
 """
@@ -42,7 +42,7 @@ from transformers import (  # noqa: E402
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
 
-__all__ = ["LaCTHFConfig", "LaCTHFForCausalLM", "export_hf"]
+__all__ = ["LaCTHFConfig", "LaCTHFForCausalLM", "export_hf", "save_hf"]
 
 _FIELDS = [f.name for f in fields(LaCTConfig)]
 # transformers 5 renamed ``past_key_values`` to ``cache``; support both spellings
@@ -189,31 +189,26 @@ AutoConfig.register(LaCTHFConfig.model_type, LaCTHFConfig, exist_ok=True)
 AutoModelForCausalLM.register(LaCTHFConfig, LaCTHFForCausalLM, exist_ok=True)
 
 
-def export_hf(
-    checkpoint_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
+def save_hf(
+    model: LaCTForCausalLM, out_dir: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Convert an ``lm train`` checkpoint folder into a ``save_pretrained`` folder.
+    """Write ``model`` as a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``).
 
     Args:
-        checkpoint_dir: a folder with ``config.json`` and ``model.safetensors`` (``OUT/checkpoint``
-            of ``batchcraft lm train``; a folder killed mid-swap falls back to its ``.old`` copy).
-        out_dir: the Hugging Face folder to write (``config.json`` + ``model.safetensors``),
-            loadable with ``AutoModelForCausalLM.from_pretrained`` once this module is imported.
+        model: a native LaCT LM (e.g. from ``batchcraft.recipes.lm.load_lm`` for a sharded
+            training checkpoint).
+        out_dir: the folder to write, loadable with ``AutoModelForCausalLM.from_pretrained``
+            once this module is imported.
         overwrite: allow writing into an existing, non-empty ``out_dir``.
 
     Returns:
         ``out_dir`` as a ``Path``.
 
     Raises:
-        CheckpointError: (a ``ValueError``) the checkpoint is missing, damaged or inconsistent.
         ValueError: ``out_dir`` is not empty and ``overwrite`` is False.
     """
     from batchcraft.utils.io import check_writable_dir
 
-    model = load_lact_lm(checkpoint_dir)
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(
@@ -224,3 +219,30 @@ def export_hf(
     hf.lact.load_state_dict(model.state_dict())
     hf.save_pretrained(out)
     return out
+
+
+def export_hf(
+    checkpoint_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Convert a single-file LaCT checkpoint folder into a ``save_pretrained`` folder.
+
+    Args:
+        checkpoint_dir: a folder with ``config.json`` and ``model.safetensors`` (what
+            ``batchcraft lm export`` writes; a folder killed mid-swap falls back to its ``.old``
+            copy). A sharded ``lm train`` checkpoint raises: export it first, or load it with
+            ``batchcraft.recipes.lm.load_lm`` and call :func:`save_hf`.
+        out_dir: the Hugging Face folder to write (see :func:`save_hf`).
+        overwrite: allow writing into an existing, non-empty ``out_dir``.
+
+    Returns:
+        ``out_dir`` as a ``Path``.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the checkpoint is missing, damaged, sharded or
+            inconsistent.
+        ValueError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    return save_hf(load_lact_lm(checkpoint_dir), out_dir, overwrite=overwrite)

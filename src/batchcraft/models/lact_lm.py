@@ -324,13 +324,14 @@ def _sample(
 def load_lact_lm(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> LaCTForCausalLM:
-    """The model of a checkpoint folder (``config.json`` + ``model.safetensors``, as ``lm train``
-    writes to ``OUT/checkpoint``), in eval mode; a folder killed mid-swap falls back to its
-    ``.old`` copy. Nothing is unpickled.
+    """The model of a single-file checkpoint folder (``config.json`` + ``model.safetensors``, as
+    ``batchcraft lm export`` writes it), in eval mode; a folder killed mid-swap falls back to its
+    ``.old`` copy. Nothing is unpickled. Sharded training checkpoints (``lm train``'s
+    ``OUT/checkpoint``) are read by ``batchcraft.recipes.lm.load_lm``.
 
     Raises:
-        CheckpointError: (a ``ValueError``) the folder is missing, incomplete, damaged, or its
-            weights do not fit its config.
+        CheckpointError: (a ``ValueError``) the folder is missing, incomplete, damaged, sharded,
+            or its weights do not fit its config.
     """
     from safetensors.torch import load_file
 
@@ -341,8 +342,13 @@ def load_lact_lm(
     folder = p if complete else resolve_dir(p)
     if folder is None or not (folder / "config.json").is_file():
         raise CheckpointError(
-            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors; "
-            "`lm train` writes them to OUT/checkpoint)"
+            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors, "
+            "as `batchcraft lm export` writes them)"
+        )
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"{folder} has no model.safetensors (a sharded training checkpoint?): convert it "
+            "with `batchcraft lm export --checkpoint DIR --out DIR2` first"
         )
     try:
         cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
