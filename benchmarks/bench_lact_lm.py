@@ -17,14 +17,15 @@ from typing import Any
 
 import torch
 
-from batchcraft.models.lact_config import (
-    LaCTConfig,
+from batchcraft.models.lact_config import LaCTConfig, lact_tiny
+from batchcraft.models.lact_lm import (
+    LaCTForCausalLM,
+    LMCache,
+    count_parameters,
     full_attention_baseline,
-    lact_tiny,
     swa_baseline,
     ttt_linear_baseline,
 )
-from batchcraft.models.lact_lm import LaCTForCausalLM, LMCache, count_parameters
 from batchcraft.registry import register_benchmark
 from batchcraft.utils.bench import (
     copy_bandwidth_gbs,

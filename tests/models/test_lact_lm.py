@@ -8,15 +8,18 @@ from helpers import rel_rms
 
 from batchcraft.models.lact_config import (
     LaCTConfig,
-    full_attention_baseline,
     get_preset,
     lact_3b,
     lact_760m,
     lact_small,
     lact_tiny,
+)
+from batchcraft.models.lact_lm import (
+    LaCTForCausalLM,
+    count_parameters,
+    full_attention_baseline,
     swa_baseline,
 )
-from batchcraft.models.lact_lm import LaCTForCausalLM, count_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -202,10 +205,31 @@ def test_config_round_trip():
     assert LaCTConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         LaCTConfig.from_dict({"hidden": 3})
+    # a config.json written before the op options became config fields still loads
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in ("inner_loss", "inner_steps", "check", "recompute", "muon_steps", "lr_dim",
+                        "qkv_bias")}  # fmt: skip
+    assert LaCTConfig.from_dict(old) == cfg
+
+
+def test_config_options_reach_every_layer_and_the_op():
+    """The blocks read the layer options from the config by name (no field copied by hand)."""
+    from batchcraft.nn.lact import LaCTLayerOptions
+    from batchcraft.ops.lact import LaCTOptions
+
+    cfg = _cfg(use_muon=True, muon="classic", muon_steps=3, weight_norm="pre", qk_norm=True,
+               qkv_bias=True, v_silu=False, rope_theta=1e4, init="full", fw_init_gain=0.3,
+               output_gate=False, inter_multi=2, base_lr=3e-3, recompute=True, inner_steps=2,
+               use_momentum=False, lact_impl="naive", attn_impl="naive")  # fmt: skip
+    model = LaCTForCausalLM(cfg)
+    for block in model.blocks:
+        assert block.mix.options == LaCTLayerOptions.project(cfg)
+        assert block.mix.lact_options == LaCTOptions.project(cfg)
+    assert model.blocks[1].mix.layer_idx == 1
 
 
 def test_ttt_linear_baseline_trains_and_refuses_cache():
-    from batchcraft.models.lact_config import ttt_linear_baseline
+    from batchcraft.models.lact_lm import ttt_linear_baseline
 
     cfg = ttt_linear_baseline(_cfg())
     assert abs(count_parameters(cfg) - count_parameters(_cfg())) / count_parameters(_cfg()) < 0.005
@@ -222,3 +246,145 @@ def test_ttt_linear_baseline_trains_and_refuses_cache():
     with torch.no_grad():
         a, b = model(ids).logits, model(x2).logits
     torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=1e-6)  # causal
+
+
+def test_config_module_does_not_import_the_model():
+    """lact_config is plain data: the parameter-matched baselines that need the model live in
+    lact_lm, so there is no import circle between the two modules."""
+    import ast
+    import inspect
+
+    import batchcraft.models.lact_config as mod
+
+    tree = ast.parse(inspect.getsource(mod))
+    imported = {
+        n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module is not None
+    } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.startswith("batchcraft.models") for m in imported), imported
+
+
+# ----------------------------------------------------------- losses and inputs by hand
+def _hand_loss(logits, ids, keep):
+    """Mean over the pairs (t, t + 1) that ``keep(t)`` allows of -log p(ids[t + 1] | logits[t])."""
+    terms = []
+    b, t, _ = logits.shape
+    for i in range(b):
+        for j in range(t - 1):
+            if keep(i, j):
+                terms.append(-torch.log_softmax(logits[i, j].double(), -1)[ids[i, j + 1]])
+    return torch.stack(terms).mean()
+
+
+def test_loss_is_the_mean_next_token_nll_by_hand():
+    model = _model(_cfg())
+    ids = _ids(b=2, t=12)
+    labels = ids.clone()
+    labels[0, 5] = -100  # predicting position 5 of row 0 is ignored
+    with torch.no_grad():
+        out = model(ids, labels=labels)
+    want = _hand_loss(out.logits, ids, lambda i, j: not (i == 0 and j + 1 == 5))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_document_loss_never_predicts_across_a_boundary():
+    """Pairs (t, t + 1) are kept only inside a document: the last token of a document does not
+    predict the first token of the next one (and the first one still predicts its successor)."""
+    model = _model(_cfg())
+    ids = _ids(b=1, t=20)
+    cu = torch.tensor([0, 6, 7, 20])  # includes a one-token document
+    doc = torch.bucketize(torch.arange(20), cu[1:], right=True)  # document of every position
+    with torch.no_grad():
+        out = model(ids, labels=ids, cu_seqlens=cu)
+    want = _hand_loss(out.logits, ids, lambda i, j: bool(doc[j] == doc[j + 1]))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_right_padded_loss_counts_only_real_pairs_by_hand():
+    model = _model(_cfg())
+    ids = _ids(b=2, t=14)
+    mask = torch.ones(2, 14, dtype=torch.long)
+    mask[1, 9:] = 0
+    with torch.no_grad():
+        out = model(ids, labels=ids, attention_mask=mask)
+    want = _hand_loss(out.logits, ids, lambda i, j: bool(mask[i, j + 1]))
+    torch.testing.assert_close(out.loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_is_the_pre_norm_residual_stack():
+    """logits = lm_head(norm(x_L)), x_{l+1} = y + mlp(mlp_norm(y)), y = x_l + mix(mix_norm(x_l))."""
+    model = _model(_cfg(use_muon=True))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # norm gains off 1 so a dropped or misplaced norm shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.RMSNorm):
+                m.weight.add_(0.3 * torch.randn(m.weight.shape, generator=g))
+    ids = _ids(b=2, t=19)
+    with torch.no_grad():
+        x = model.embed(ids)
+        for blk in model.blocks:
+            x = x + blk.mix(blk.mix_norm(x))[0]
+            x = x + blk.mlp.down(
+                torch.nn.functional.silu(blk.mlp_norm(x) @ blk.mlp.gate_up.weight[:96].T)
+                * (blk.mlp_norm(x) @ blk.mlp.gate_up.weight[96:].T)
+            )
+        want = model.norm(x) @ model.lm_head.weight.T
+        torch.testing.assert_close(model(ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("ids", "exc", "match"),
+    [
+        (torch.tensor([[1, 64, 3]]), ValueError, r"input_ids must lie in \[0, vocab_size = 64\)"),
+        (torch.tensor([[1, -1, 3]]), ValueError, r"got values in \[-1, 3\]"),
+        (torch.tensor([[1.0, 2.0]]), TypeError, "integer tensor"),
+        (torch.tensor([1, 2, 3]), ValueError, r"\[B, T\]"),
+    ],
+    ids=["too-large", "negative", "float", "1d"],
+)
+def test_bad_token_ids_raise_a_clear_error(ids, exc, match):
+    model = _model(_cfg())
+    with pytest.raises(exc, match=match):
+        model(ids)
+
+
+def test_bad_labels_raise_a_clear_error():
+    model = _model(_cfg())
+    ids = _ids(b=1, t=6)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        model(ids, labels=torch.full_like(ids, 64))
+    with pytest.raises(ValueError, match="labels must have input_ids' shape"):
+        model(ids, labels=ids[:, :4])
+    out = model(ids, labels=torch.full_like(ids, -100).index_fill(1, torch.tensor([3]), 5))
+    assert out.loss is not None and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": -2}, "top_k"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+    ],
+)
+def test_generate_rejects_bad_sampling_options(kw, match):
+    model = _model(_cfg())
+    args = {"max_new_tokens": 2, "temperature": 1.0} | kw
+    with pytest.raises(ValueError, match=match):
+        model.generate(_ids(b=1, t=4), **args)
+
+
+def test_top_k_samples_only_among_the_k_most_likely():
+    model = _model(_cfg())
+    prompt = _ids(b=1, t=5).repeat(300, 1)  # 300 draws of the first sampled token at once
+    with torch.no_grad():
+        last = model(prompt[:1]).logits[0, -1]
+    top3 = set(last.topk(3).indices.tolist())
+    draws = model.generate(prompt, 1, temperature=5.0, top_k=3,
+                           generator=torch.Generator().manual_seed(0))[:, -1]  # fmt: skip
+    assert set(draws.tolist()) <= top3 and len(set(draws.tolist())) > 1
+    greedy = model.generate(prompt[:1], 1)[:, -1]
+    one = model.generate(prompt[:4], 1, temperature=1.0, top_k=1,
+                         generator=torch.Generator().manual_seed(0))[:, -1]  # fmt: skip
+    assert torch.equal(one, greedy.expand(4))

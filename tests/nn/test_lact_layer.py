@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from batchcraft.nn.bidirectional_lact import BidirectionalLaCTLayer
-from batchcraft.nn.lact import LaCTLayer
+from batchcraft.nn.lact import LaCTLayer, LaCTLayerOptions, inv_softplus
+from batchcraft.ops.lact import FastWeights, LaCTOptions, TTTOp
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +63,9 @@ def test_ttt_branch_matters_beyond_window():
     y, _ = layer(x)
     y2, _ = layer(x2)
     assert (y2[:, 12:] - y[:, 12:]).abs().max() > 1e-8  # position 12 - 1 > W = 4
-    swa = _layer(use_ttt=True, window_size=4)
-    swa.use_ttt = False  # same weights without the TTT branch: no effect beyond the window
+    swa = _layer(use_ttt=False, window_size=4)  # same attention weights, no TTT branch
+    missing, unexpected = swa.load_state_dict(layer.state_dict(), strict=False)
+    assert not missing and unexpected  # only TTT parameters are left out
     ya, _ = swa(x)
     yb, _ = swa(x2)
     torch.testing.assert_close(ya[:, 5:], yb[:, 5:], rtol=0, atol=0)
@@ -190,6 +195,10 @@ def test_reset_parameters_low_rank_init():
         ({"weight_norm": "mid"}, "weight_norm"),
         ({"use_ttt": False, "window_size": 0}, "no token mixing"),
         ({"muon": "fast"}, "muon"),
+        ({"base_lr": float("nan")}, "base_lr"),
+        ({"base_lr": -1e-3}, "base_lr"),
+        ({"inter_multi": 0}, "inter_multi"),
+        ({"muon_steps": 6}, "muon_steps"),
     ],
 )
 def test_validation_errors(kw, match):
@@ -197,6 +206,36 @@ def test_validation_errors(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         LaCTLayer(32, **args)
+
+
+def test_options_object_and_keywords_build_the_same_layer(monkeypatch):
+    kw = dict(num_heads=2, num_attn_heads=4, chunk_size=4, window_size=4, low_rank=4,
+              use_muon=True, muon_steps=3, recompute=True, inner_loss="mse")  # fmt: skip
+    opts = LaCTLayerOptions(hidden_size=32, **kw)
+    a, b = LaCTLayer(options=opts), LaCTLayer(32, **kw)
+    assert a.options == b.options == opts
+    assert type(a.lact_options) is LaCTOptions and a.lact_options == LaCTOptions.project(opts)
+    assert {n: p.shape for n, p in a.named_parameters()} == {
+        n: p.shape for n, p in b.named_parameters()
+    }
+    assert LaCTLayer(options=opts, window_size=8).options.window_size == 8  # keywords override
+    # the op receives exactly the layer's op options
+    import batchcraft.nn.lact as mod
+
+    seen = []
+    real = mod.lact
+
+    def spy(*args, **kwargs):
+        seen.append(args[5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "lact", spy)
+    a.double()(_x(t=5))
+    assert seen == [a.lact_options]
+    with pytest.raises(TypeError, match="unknown LaCTLayerOptions option"):
+        LaCTLayer(32, chunk=4)
+    with pytest.raises(TypeError, match="needs hidden_size"):
+        LaCTLayer(num_heads=2)
 
 
 def test_forward_input_errors():
@@ -252,3 +291,225 @@ def test_bidirectional_muon_update_keeps_initial_weights():
         layer.w_down.mul_(2.0)
     w2 = layer.reconstruct(x)
     assert (w.down - w2.down).abs().max() > 1e-6
+
+
+# ------------------------------------------------------ the layer against an independent formula
+def _rope_ref(x, theta):
+    """Rotate-half RoPE written with complex numbers: pairs (x_i, x_{i + D/2}) turn by
+    pos * theta^(-2i/D). x: [B, T, h, Dx]."""
+    t, dx = x.shape[1], x.shape[-1]
+    half = dx // 2
+    freq = theta ** (-2.0 * torch.arange(half, dtype=D64) / dx)  # [half]
+    ang = torch.arange(t, dtype=D64)[:, None] * freq  # [T, half]
+    rot = torch.polar(torch.ones_like(ang), ang)[None, :, None, :]
+    z = torch.complex(x[..., :half], x[..., half:]) * rot
+    return torch.cat([z.real, z.imag], dim=-1)
+
+
+def _rms(x, weight, eps):
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _lin(m, x):
+    return x @ m.weight.T + (0 if m.bias is None else m.bias)
+
+
+def _reference_layer(layer, x):
+    """LaCTLayer.forward from its parameters and the layer description alone: dense windowed
+    softmax attention, the reference op for the TTT branch (itself pinned by the op tests)."""
+    from batchcraft.ops.lact import naive_lact
+
+    o = layer.options
+    b, t, d = x.shape
+    h, ha = o.num_heads, o.attn_heads
+    dd, da = d // h, d // ha
+    q, k, v = _lin(layer.qkv, x).split(d, dim=-1)
+    if o.qk_norm:
+        q, k = _rms(q, layer.q_norm.weight, 1e-6), _rms(k, layer.k_norm.weight, 1e-6)
+    out = torch.zeros_like(x)
+    w = o.window_size
+    if w is None or w > 0:
+        qa, ka = q.reshape(b, t, ha, da), k.reshape(b, t, ha, da)
+        if o.use_rope:
+            qa, ka = _rope_ref(qa, o.rope_theta), _rope_ref(ka, o.rope_theta)
+        va = v.reshape(b, t, ha, da)  # values are never rotated
+        scores = torch.einsum("bthd,bshd->bhts", qa, ka) / math.sqrt(da)
+        ti, si = torch.arange(t)[:, None], torch.arange(t)[None, :]
+        allowed = (si <= ti) & ((ti - si < w) if w is not None else True)
+        p = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+        out = out + torch.einsum("bhts,bshd->bthd", p, va).reshape(b, t, d)
+    if o.use_ttt:
+
+        def fast(z, i):  # affine, SiLU, L2 over each head's D
+            z = F.silu((z * layer.qk_scale[i] + layer.qk_offset[i]).reshape(b, t, h, dd))
+            return z / (z.norm(dim=-1, keepdim=True) + 1e-5)
+
+        qt, kt = fast(q, 0), fast(k, 1)
+        vt = v.reshape(b, t, h, dd)
+        vt = F.silu(vt) if o.v_silu else vt
+        if o.use_rope:
+            qt = _rope_ref(qt.reshape(b, t, ha, da), o.rope_theta).reshape(b, t, h, dd)
+            kt = _rope_ref(kt.reshape(b, t, ha, da), o.rope_theta).reshape(b, t, h, dd)
+        lr = F.softplus(_lin(layer.lr_proj, x) + math.log(math.expm1(o.base_lr)))
+        beta = torch.sigmoid(_lin(layer.beta_proj, x)) if o.use_momentum else None
+        if o.fast_weight == "linear":
+            w0 = FastWeights(None, None, layer.w_down)
+        elif o.init == "low_rank":
+            eye = 0.5 * torch.eye(layer.hidden_dim, dd, dtype=D64)
+            w0 = FastWeights(layer.gate_l @ layer.gate_r + eye, layer.up_l @ layer.up_r + eye,
+                             layer.w_down)  # fmt: skip
+        else:
+            w0 = FastWeights(layer.w_gate, layer.w_up, layer.w_down)
+        ot, _ = naive_lact(
+            qt, kt, vt, lr.reshape(b, t, h, 3), w0, chunk_size=o.chunk_size, beta=beta,
+            muon=o.muon if o.use_muon else None, muon_steps=o.muon_steps,
+            weight_norm=o.weight_norm, fast_weight=o.fast_weight,
+        )  # fmt: skip
+        ot = _rms(ot, layer.ttt_norm.weight, 1e-5)
+        if o.output_gate:
+            ot = ot * F.silu(_lin(layer.gate_proj, x))[..., None]
+        out = out + ot.reshape(b, t, d)
+    return out @ layer.o_proj.weight.T
+
+
+def _randomised(**kw):
+    """A layer whose every parameter is off its structured init (so swapped or dropped
+    parameters show), with an lr large enough for the updates to matter."""
+    layer = _layer(base_lr=0.05, **kw)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return layer
+
+
+REF_FLAGS = {
+    "default": {},
+    "window6": {"window_size": 6},
+    "qk_norm_bias": {"qk_norm": True, "qkv_bias": True},
+    "no_v_silu_full_init": {"v_silu": False, "init": "full"},
+    "nope": {"use_rope": False},
+    "full_attention": {"window_size": None},
+    "pure_ttt": {"window_size": 0},
+    "linear": {"fast_weight": "linear"},
+    "no_gate_no_momentum": {"output_gate": False, "use_momentum": False},
+    "muon_classic_pre": {"use_muon": True, "muon": "classic", "weight_norm": "pre"},
+    "swa_only": {"use_ttt": False},
+}
+
+
+@pytest.mark.parametrize("flags", list(REF_FLAGS.values()), ids=list(REF_FLAGS))
+def test_layer_equals_independent_formula(flags):
+    layer = _randomised(**flags)
+    x = _x(t=13)
+    y, _ = layer(x)
+    torch.testing.assert_close(y, _reference_layer(layer, x), rtol=1e-9, atol=1e-10)
+
+
+def test_values_are_not_rotated():
+    """Attention is shift invariant in position iff only q and k are rotated: with full attention
+    and no TTT, a sequence whose positions all start 7 later (a cache holding nothing but the
+    offset) gives the same outputs."""
+    from batchcraft.nn.attention import KVBuffer
+    from batchcraft.nn.lact import LaCTLayerCache
+
+    layer = _randomised(use_ttt=False, window_size=None)
+    x = _x(t=9)
+    y, _ = layer(x)
+    ha, da = layer.num_attn_heads, layer.attn_head_dim
+    empty = KVBuffer.empty(2, ha, da, window=None, like=x)
+    shifted, _ = layer(x, cache=LaCTLayerCache(ttt=None, kv=empty, position=7))
+    torch.testing.assert_close(shifted, y, rtol=1e-9, atol=1e-10)
+
+
+def test_inverse_softplus_gives_base_lr_at_init(monkeypatch):
+    for y in (1e-4, 1e-3, 0.05, 1.0, 7.5):
+        torch.testing.assert_close(F.softplus(torch.tensor(inv_softplus(y), dtype=D64)),
+                                   torch.tensor(y, dtype=D64), rtol=1e-12, atol=0)  # fmt: skip
+    layer = LaCTLayer(32, 2, num_attn_heads=4, chunk_size=4, window_size=4, low_rank=4,
+                      base_lr=0.02).to(D64)  # fmt: skip
+    with torch.no_grad():
+        layer.lr_proj.weight.zero_()  # the spec init has zero bias: lr == base_lr exactly
+    seen = []
+    import batchcraft.nn.lact as mod
+
+    real = mod.lact
+
+    def spy(*args, **kwargs):
+        seen.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "lact", spy)
+    layer(_x(t=5))
+    torch.testing.assert_close(seen[0], torch.full_like(seen[0], 0.02), rtol=1e-12, atol=0)
+
+
+def test_cache_holds_the_last_window_minus_one_rotated_keys_and_the_pending_tokens():
+    """Cache contents by formula: W - 1 post-RoPE keys/values of the last positions, T mod C
+    pending tokens, T consumed tokens."""
+    layer = _randomised(window_size=6)
+    x = _x(b=2, t=15)
+    _, cache = layer(x, use_cache=True)
+    assert cache is not None and cache.kv is not None and cache.ttt is not None
+    ha, da, d = layer.num_attn_heads, layer.attn_head_dim, layer.hidden_size
+    _, k, v = _lin(layer.qkv, x).split(d, dim=-1)
+    k_rot = _rope_ref(k.reshape(2, 15, ha, da), 1e6)
+    assert cache.kv.k.shape == (2, 5, ha, da) and cache.position == 15
+    torch.testing.assert_close(cache.kv.k, k_rot[:, 10:], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cache.kv.v, v.reshape(2, 15, ha, da)[:, 10:], rtol=0, atol=0)
+    assert cache.ttt.num_tokens == 15 and cache.ttt.num_pending == 15 % 4
+    # a prompt shorter than the window: the slots before position 0 are zeros
+    _, short = layer(x[:, :3], use_cache=True)
+    assert short is not None and short.kv is not None
+    assert torch.all(short.kv.k[:, :2] == 0)
+    torch.testing.assert_close(short.kv.k[:, 2:], k_rot[:, :3], rtol=1e-10, atol=1e-12)
+
+
+def test_detached_cache_continues_with_the_same_values_and_no_cross_call_gradient():
+    layer = _randomised(use_muon=True)
+    x = _x(t=13).requires_grad_(True)
+    full, _ = layer(x)
+    _, cache = layer(x[:, :6], use_cache=True)
+    assert cache is not None
+    y2, _ = layer(x[:, 6:], cache=cache.detach())
+    torch.testing.assert_close(y2, full[:, 6:], rtol=1e-10, atol=1e-10)
+    (g,) = torch.autograd.grad(y2.sum(), [x])
+    assert float(g[:, :6].abs().max()) == 0.0 and float(g[:, 6:].abs().max()) > 0.0
+
+
+def _reference_bidirectional(layer, x, n):
+    """BidirectionalLaCTLayer from its description: SiLU on q, k, v; L2 on q, k; no RoPE; one
+    update on the first n tokens (reference op), apply to all; per-head RMSNorm; o_proj."""
+    from batchcraft.ops.lact import naive_lact
+
+    b, t, d = x.shape
+    h, dd = layer.num_heads, layer.head_dim
+    q, k, v = F.silu(x @ layer.qkv.weight.T).split(d, dim=-1)
+    q, k, v = (z.reshape(b, t, h, dd) for z in (q, k, v))
+    q, k = (z / (z.norm(dim=-1, keepdim=True) + 1e-5) for z in (q, k))
+    lr = F.softplus(_lin(layer.lr_proj, x) + math.log(math.expm1(layer.base_lr)))
+    o = layer.lact_options
+    out, _ = naive_lact(
+        q, k, v, lr.reshape(b, t, h, 3), FastWeights(layer.w_gate, layer.w_up, layer.w_down),
+        schedule=[TTTOp("update", 0, n), TTTOp("apply", 0, t)],
+        muon=o.muon if o.use_muon else None, muon_steps=o.muon_steps, weight_norm=o.weight_norm,
+    )  # fmt: skip
+    if layer.o_norm is not None:
+        out = _rms(out, layer.o_norm.weight, 1e-5)
+    return out.reshape(b, t, d) @ layer.o_proj.weight.T
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"use_muon": False, "o_norm": False}, {"muon": "tuned", "weight_norm": "pre"}],
+    ids=["classic", "gd-no-norm", "tuned-pre"],
+)
+def test_bidirectional_equals_independent_formula(kw):
+    layer = _bidir(base_lr=0.5, **kw)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = _x(t=11)
+    y, _ = layer(x, num_update=7)
+    torch.testing.assert_close(y, _reference_bidirectional(layer, x, 7), rtol=1e-9, atol=1e-10)

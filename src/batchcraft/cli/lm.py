@@ -87,8 +87,8 @@ def train(
     from dataclasses import replace
 
     from batchcraft.data.text import ByteBatches, load_text_splits
-    from batchcraft.models.lact_config import full_attention_baseline, get_preset, swa_baseline
-    from batchcraft.models.lact_lm import count_parameters
+    from batchcraft.models.lact_config import get_preset
+    from batchcraft.models.lact_lm import count_parameters, full_attention_baseline, swa_baseline
     from batchcraft.recipes.dist import destroy_distributed, init_distributed
     from batchcraft.recipes.lm import LMTrainSettings, build_lm, train_lm
     from batchcraft.utils.io import check_writable_dir

@@ -29,9 +29,9 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def _configs(st: dict[str, Any]) -> dict[str, Any]:
-    from batchcraft.models.lact_config import (
+    from batchcraft.models.lact_config import get_preset
+    from batchcraft.models.lact_lm import (
         full_attention_baseline,
-        get_preset,
         swa_baseline,
         ttt_linear_baseline,
     )

@@ -2,16 +2,20 @@
 
 from batchcraft.models.lact_config import (
     LaCTConfig,
-    full_attention_baseline,
     get_preset,
     lact_3b,
     lact_760m,
     lact_small,
     lact_tiny,
+)
+from batchcraft.models.lact_lm import (
+    LaCTForCausalLM,
+    LMCache,
+    LMOutput,
+    full_attention_baseline,
     swa_baseline,
     ttt_linear_baseline,
 )
-from batchcraft.models.lact_lm import LaCTForCausalLM, LMCache, LMOutput
 from batchcraft.models.nvs import (  # issue 10
     NVSConfig,
     NVSModel,

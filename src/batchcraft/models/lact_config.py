@@ -1,10 +1,11 @@
-"""LaCT language-model configuration, presets and parameter-matched baselines (spec §8, §9).
+"""LaCT language-model configuration and presets.
 
 Presets are functions returning a :class:`LaCTConfig`; keyword overrides are applied on top::
 
     cfg = lact_tiny(use_muon=True)
-    swa = swa_baseline(cfg)             # same blocks, attention only, sliding window
-    full = full_attention_baseline(cfg) # same blocks, full causal attention
+
+The parameter-matched baselines (``swa_baseline``, ...) need the model to count parameters and
+live in :mod:`batchcraft.models.lact_lm`, so this module imports nothing from the model.
 """
 
 from __future__ import annotations
@@ -13,96 +14,59 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from batchcraft.nn.lact import LaCTLayerOptions
+
 __all__ = [
     "PRESETS",
     "LaCTConfig",
-    "full_attention_baseline",
     "get_preset",
     "lact_3b",
     "lact_760m",
     "lact_small",
     "lact_tiny",
-    "swa_baseline",
-    "ttt_linear_baseline",
 ]
 
 
-@dataclass(kw_only=True)
-class LaCTConfig:
-    """Hyper-parameters of :class:`batchcraft.models.LaCTForCausalLM`."""
+@dataclass(frozen=True, kw_only=True)
+class LaCTConfig(LaCTLayerOptions):
+    """Hyper-parameters of :class:`batchcraft.models.LaCTForCausalLM`.
+
+    Every field of :class:`batchcraft.nn.lact.LaCTLayerOptions` (the layer's options, which in
+    turn extend the op's :class:`batchcraft.ops.lact.LaCTOptions`) is a field here too, with the
+    tiny preset's defaults; the blocks read them by name (``LaCTLayer(options=config)``), so
+    nothing is copied field by field and a new layer or op option is a config field at once.
+    Frozen: derive variants with ``dataclasses.replace`` or the preset functions' overrides.
+    """
 
     vocab_size: int = 256  # byte level by default
-    hidden_size: int = 128  # d
     num_layers: int = 2
-    num_heads: int = 2  # fast-weight (TTT) heads H; D = d / H
-    num_attn_heads: int = 4  # attention heads Ha; Da = d / Ha (RoPE on TTT needs D % Da == 0)
-    inter_multi: int = 1  # fast hidden width Dh = inter_multi * D
-    chunk_size: int = 16  # C: tokens per fast-weight update
-    window_size: int | None = 16  # W: attention window (None = full attention, 0 = no attention)
-    use_ttt: bool = True  # False: attention-only baseline
     mixer: str = "lact"  # "lact", or "ttt_linear" (small-chunk TTT baseline, no decode cache)
     ttt_mini_batch: int = 16  # mini-batch of the ttt_linear mixer
-    base_lr: float = 1e-3  # inner lr at init (softplus around it)
-    use_momentum: bool = True
-    use_muon: bool = False
-    muon: str = "tuned"  # Newton-Schulz schedule: "tuned" (LM) or "classic"
-    weight_norm: str | None = "post"  # "post", "pre" or None
-    qk_norm: bool = False
-    v_silu: bool = True
-    use_rope: bool = True
-    rope_theta: float = 1e6
-    init: str = "low_rank"  # fast-weight init: "low_rank", "full", "nvs"
-    low_rank: int = 8
-    fw_init_gain: float = 0.5
-    output_gate: bool = True
-    fast_weight: str = "swiglu"  # or "linear"
     mlp_hidden: int | None = None  # None: 8d/3 rounded up to a multiple of 256
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    lact_impl: str = "auto"  # op implementation ("auto", "chunk", "naive", ...)
-    attn_impl: str = "auto"  # attention implementation ("auto", "sdpa", "flex", "naive")
+    # layer options with the tiny preset's defaults (the rest: LaCTLayerOptions' defaults)
+    hidden_size: int = 128  # d
+    num_heads: int = 2  # fast-weight (TTT) heads H; D = d / H
+    num_attn_heads: int | None = 4  # attention heads Ha; Da = d / Ha (RoPE on TTT: D % Da == 0)
+    chunk_size: int = 16  # C: tokens per fast-weight update
+    window_size: int | None = 16  # W: attention window (None = full attention, 0 = no attention)
+    low_rank: int = 8
 
     def __post_init__(self) -> None:
-        d = self.hidden_size
-        if self.vocab_size < 2 or self.num_layers < 1 or d < 1:
-            raise ValueError("vocab_size >= 2, num_layers >= 1 and hidden_size >= 1 are required")
-        if self.num_heads < 1 or d % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({d}) must be divisible by num_heads ({self.num_heads}); "
-                f"divisors near it: {_divisors_near(d, self.num_heads)}"
-            )
-        if self.num_attn_heads < 1 or d % self.num_attn_heads:
-            raise ValueError(
-                f"hidden_size ({d}) must be divisible by num_attn_heads ({self.num_attn_heads}); "
-                f"divisors near it: {_divisors_near(d, self.num_attn_heads)}"
-            )
-        head, attn_head = d // self.num_heads, d // self.num_attn_heads
-        if self.use_ttt and self.use_rope and head % attn_head:
-            raise ValueError(
-                f"TTT head dim ({head}) must be a multiple of the attention head dim ({attn_head})"
-            )
-        w = self.window_size
-        if w is not None and w < 0:
-            raise ValueError(f"window_size ({w}) must be >= 0 or None")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size ({self.chunk_size}) must be >= 1")
-        if self.use_ttt and w is not None and 0 < w < self.chunk_size:
-            raise ValueError(
-                f"window_size ({w}) must be >= chunk_size ({self.chunk_size}) for exact causality"
-            )
-        if not self.use_ttt and w == 0:
-            raise ValueError("use_ttt=False needs attention: window_size must be > 0 or None")
-        for name, val, ok in (
-            ("muon", self.muon, ("tuned", "classic")),
-            ("weight_norm", self.weight_norm, ("post", "pre", None)),
-            ("init", self.init, ("low_rank", "full", "nvs")),
-            ("fast_weight", self.fast_weight, ("swiglu", "linear")),
-            ("mixer", self.mixer, ("lact", "ttt_linear")),
-        ):
-            if val not in ok:
-                raise ValueError(f"{name} must be one of {ok}, got {val!r}")
+        super().__post_init__()
+        if self.vocab_size < 2 or self.num_layers < 1:
+            raise ValueError("vocab_size >= 2 and num_layers >= 1 are required")
+        if self.mixer not in ("lact", "ttt_linear"):
+            raise ValueError(f"mixer must be one of ('lact', 'ttt_linear'), got {self.mixer!r}")
+        if self.ttt_mini_batch < 1:
+            raise ValueError(f"ttt_mini_batch ({self.ttt_mini_batch}) must be >= 1")
         if self.mlp_hidden is not None and self.mlp_hidden < 1:
             raise ValueError(f"mlp_hidden ({self.mlp_hidden}) must be >= 1 or None")
+        if not (self.norm_eps > 0 and self.init_std > 0):
+            raise ValueError(
+                f"norm_eps ({self.norm_eps}) and init_std ({self.init_std}) must be > 0"
+            )
 
     @property
     def intermediate_size(self) -> int:
@@ -116,25 +80,20 @@ class LaCTConfig:
         """Fast-weight state elements per sequence (all layers): ``L * 3 * H * D * Dh``."""
         if not self.use_ttt:
             return 0
-        dd = self.hidden_size // self.num_heads
         n_mat = 1 if self.fast_weight == "linear" else 3
-        dh = dd if self.fast_weight == "linear" else self.inter_multi * dd
-        return self.num_layers * n_mat * self.num_heads * dd * dh
+        return self.num_layers * n_mat * self.num_heads * self.head_dim * self.hidden_dim
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> LaCTConfig:
+        """The config saved by :meth:`to_dict` (older files lack newer fields: defaults apply)."""
         names = {f.name for f in fields(LaCTConfig)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown LaCTConfig fields {sorted(unknown)}")
         return LaCTConfig(**d)
-
-
-def _divisors_near(n: int, k: int) -> list[int]:
-    return sorted((x for x in range(1, n + 1) if n % x == 0), key=lambda x: abs(x - k))[:3]
 
 
 def lact_tiny(**kw: Any) -> LaCTConfig:
@@ -178,32 +137,3 @@ def get_preset(name: str, **kw: Any) -> LaCTConfig:
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[key](**kw)
-
-
-def swa_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Sliding-window Transformer with ``cfg``'s blocks (TTT removed), MLP widened to match params."""
-    base = replace(cfg, use_ttt=False)
-    return _match(base, cfg) if match_params else base
-
-
-def full_attention_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Full-attention Transformer with ``cfg``'s blocks, MLP widened to match params."""
-    base = replace(cfg, use_ttt=False, window_size=None)
-    return _match(base, cfg) if match_params else base
-
-
-def ttt_linear_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
-    """Small-chunk TTT-Linear (mini-batch 16) + the same SWA, MLP adjusted to match params."""
-    base = replace(cfg, mixer="ttt_linear", use_ttt=True)
-    return _match(base, cfg) if match_params else base
-
-
-def _match(base: LaCTConfig, target: LaCTConfig) -> LaCTConfig:
-    """Widen the MLP of ``base`` so its parameter count is closest to ``target``'s."""
-    from batchcraft.models.lact_lm import count_parameters
-
-    want = count_parameters(target)
-    have = count_parameters(base)
-    per_unit = 3 * base.hidden_size * base.num_layers  # one more MLP hidden unit in every block
-    extra = round((want - have) / per_unit)
-    return replace(base, mlp_hidden=max(1, base.intermediate_size + extra))

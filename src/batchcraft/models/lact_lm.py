@@ -7,7 +7,10 @@ sliding-window (``window_size=W``) or full-attention (``window_size=None``) Tran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +20,20 @@ from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.nn.lact import LaCTLayer, LaCTLayerCache
 from batchcraft.nn.ttt_linear import TTTLinearLayer
 
-__all__ = ["IGNORE_INDEX", "LMCache", "LMOutput", "LaCTForCausalLM", "count_parameters"]
+__all__ = [
+    "IGNORE_INDEX",
+    "LMCache",
+    "LMOutput",
+    "LaCTForCausalLM",
+    "count_parameters",
+    "full_attention_baseline",
+    "load_lact_lm",
+    "swa_baseline",
+    "ttt_linear_baseline",
+]
 
 IGNORE_INDEX = -100
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @dataclass
@@ -83,38 +97,14 @@ class LaCTBlock(nn.Module):
                 cfg.num_heads,
                 mini_batch=cfg.ttt_mini_batch,
                 window_size=cfg.window_size,
-                num_attn_heads=cfg.num_attn_heads,
+                num_attn_heads=cfg.attn_heads,
                 use_rope=cfg.use_rope,
                 rope_theta=cfg.rope_theta,
                 attn_impl=cfg.attn_impl,
             )
         else:
-            self.mix = LaCTLayer(
-                d,
-                cfg.num_heads,
-                chunk_size=cfg.chunk_size,
-                window_size=cfg.window_size,
-                num_attn_heads=cfg.num_attn_heads,
-                inter_multi=cfg.inter_multi,
-                base_lr=cfg.base_lr,
-                use_momentum=cfg.use_momentum,
-                use_muon=cfg.use_muon,
-                muon=cfg.muon,
-                weight_norm=cfg.weight_norm,
-                qk_norm=cfg.qk_norm,
-                v_silu=cfg.v_silu,
-                use_rope=cfg.use_rope,
-                rope_theta=cfg.rope_theta,
-                init=cfg.init,
-                low_rank=cfg.low_rank,
-                fw_init_gain=cfg.fw_init_gain,
-                output_gate=cfg.output_gate,
-                fast_weight=cfg.fast_weight,
-                use_ttt=cfg.use_ttt,
-                layer_idx=layer_idx,
-                lact_impl=cfg.lact_impl,
-                attn_impl=cfg.attn_impl,
-            )
+            # the config is a LaCTLayerOptions: the layer reads its own fields by name
+            self.mix = LaCTLayer(options=cfg, layer_idx=layer_idx)
         self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
         self.mlp = SwiGLUMLP(d, cfg.intermediate_size)
 
@@ -207,8 +197,7 @@ class LaCTForCausalLM(nn.Module):
             cu_seqlens: ``[N + 1]`` packed-document boundaries for ``B = 1``.
             use_cache: return a cache (implied when ``cache`` is given).
         """
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        self._check_ids(input_ids, labels)
         if cache is not None and len(cache.layers) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.layers)} layers, model has {len(self.blocks)}")
         x = self.embed(input_ids)  # [B, T, d]
@@ -241,6 +230,39 @@ class LaCTForCausalLM(nn.Module):
         out_cache = LMCache(new_layers) if len(new_layers) == len(self.blocks) else None
         return LMOutput(logits=logits, loss=loss, cache=out_cache)
 
+    def _check_ids(self, input_ids: Tensor, labels: Tensor | None) -> None:
+        """Token ids in ``[0, vocab)`` (labels may also be ``IGNORE_INDEX``); one ``ValueError``.
+
+        The range check reads two scalars back (a device sync per forward); the embedding would
+        otherwise fail with an index error (CPU) or a device-side assert (CUDA).
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dtype not in _INT_DTYPES:
+            got = input_ids.dtype if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise TypeError(f"input_ids must be an integer tensor (torch.long), got {got}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got {tuple(input_ids.shape)}")
+        vocab = self.config.vocab_size
+        if input_ids.numel() > 0:
+            lo, hi = int(input_ids.min()), int(input_ids.max())
+            if lo < 0 or hi >= vocab:
+                raise ValueError(
+                    f"input_ids must lie in [0, vocab_size = {vocab}), got values in [{lo}, {hi}]"
+                )
+        if labels is None:
+            return
+        if not isinstance(labels, Tensor) or labels.dtype not in _INT_DTYPES:
+            raise TypeError("labels must be an integer tensor (torch.long) like input_ids")
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
+            )
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))
+        if bool(bad.any()):
+            raise ValueError(
+                f"labels must lie in [0, vocab_size = {vocab}) or be {IGNORE_INDEX} (ignored), "
+                f"got {int(labels[bad][0])}"
+            )
+
     @torch.no_grad()
     def generate(
         self,
@@ -257,13 +279,23 @@ class LaCTForCausalLM(nn.Module):
             max_new_tokens: tokens to append.
             temperature: 0 for greedy, else softmax sampling at this temperature.
             generator: randomness for sampling.
-            top_k: sample among the ``top_k`` most likely tokens only.
+            top_k: sample among the ``top_k`` most likely tokens only (``>= 1``; ``None``: all).
 
         Returns:
             ``[B, T + max_new_tokens]``.
         """
-        if max_new_tokens < 0 or temperature < 0:
-            raise ValueError("max_new_tokens and temperature must be >= 0")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise TypeError(f"max_new_tokens must be an int, got {max_new_tokens!r}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(
+                f"temperature ({temperature}) must be a finite number >= 0 (0: greedy)"
+            )
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
+            raise ValueError(f"top_k ({top_k!r}) must be an int >= 1 or None (no top-k filter)")
         out = self(input_ids, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
         tokens = [input_ids]
@@ -289,8 +321,78 @@ def _sample(
     return torch.multinomial(p.cpu(), 1, generator=generator).to(logits.device)
 
 
+def load_lact_lm(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> LaCTForCausalLM:
+    """The model of a single-file checkpoint folder (``config.json`` + ``model.safetensors``, as
+    ``batchcraft lm export`` writes it), in eval mode; a folder killed mid-swap falls back to its
+    ``.old`` copy. Nothing is unpickled. Sharded training checkpoints (``lm train``'s
+    ``OUT/checkpoint``) are read by ``batchcraft.recipes.lm.load_lm``.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the folder is missing, incomplete, damaged, sharded,
+            or its weights do not fit its config.
+    """
+    from safetensors.torch import load_file
+
+    from batchcraft.utils.io import CheckpointError, load_json, load_module_state, resolve_dir
+
+    p = Path(path)
+    complete = (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    folder = p if complete else resolve_dir(p)
+    if folder is None or not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{p} is not a LaCT checkpoint folder (expected config.json and model.safetensors, "
+            "as `batchcraft lm export` writes them)"
+        )
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(
+            f"{folder} has no model.safetensors (a sharded training checkpoint?): convert it "
+            "with `batchcraft lm export --checkpoint DIR --out DIR2` first"
+        )
+    try:
+        cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
+    model = LaCTForCausalLM(cfg)
+    try:
+        state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+    except Exception as exc:  # safetensors' own error types for missing/truncated files
+        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
+    load_module_state(model, state, folder / "model.safetensors")
+    return model.to(map_location).eval()
+
+
 def count_parameters(config: LaCTConfig) -> int:
     """Parameter count without allocating memory (the model is built on the meta device)."""
     with torch.device("meta"):
         model = LaCTForCausalLM(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- parameter-matched baselines
+def swa_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Sliding-window Transformer with ``cfg``'s blocks (TTT removed), MLP widened to match params."""
+    base = replace(cfg, use_ttt=False)
+    return _match(base, cfg) if match_params else base
+
+
+def full_attention_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Full-attention Transformer with ``cfg``'s blocks, MLP widened to match params."""
+    base = replace(cfg, use_ttt=False, window_size=None)
+    return _match(base, cfg) if match_params else base
+
+
+def ttt_linear_baseline(cfg: LaCTConfig, *, match_params: bool = True) -> LaCTConfig:
+    """Small-chunk TTT-Linear (mini-batch 16) + the same SWA, MLP adjusted to match params."""
+    base = replace(cfg, mixer="ttt_linear", use_ttt=True)
+    return _match(base, cfg) if match_params else base
+
+
+def _match(base: LaCTConfig, target: LaCTConfig) -> LaCTConfig:
+    """Widen the MLP of ``base`` so its parameter count is closest to ``target``'s."""
+    want = count_parameters(target)
+    have = count_parameters(base)
+    per_unit = 3 * base.hidden_size * base.num_layers  # one more MLP hidden unit in every block
+    extra = round((want - have) / per_unit)
+    return replace(base, mlp_hidden=max(1, base.intermediate_size + extra))

@@ -9,13 +9,14 @@ Shapes: ``x: [B, T, d]``; ``H = d / head_dim`` heads of ``D = head_dim``; ``Dh =
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from batchcraft.nn.lact import inv_softplus, l2_normalize
-from batchcraft.ops.lact import FastWeights, TTTOp, lact
+from batchcraft.ops.lact import FastWeights, LaCTOptions, TTTOp, lact
 
 __all__ = ["BidirectionalLaCTLayer"]
 
@@ -38,34 +39,43 @@ class BidirectionalLaCTLayer(nn.Module):
         *,
         inter_multi: int = 1,
         base_lr: float = 1e-2,
-        use_muon: bool = True,
-        muon: str = "classic",
-        muon_steps: int = 5,
-        weight_norm: str | None = "post",
         o_norm: bool = True,
-        lact_impl: str = "auto",
+        options: LaCTOptions | None = None,
+        **op_kw: Any,
     ) -> None:
+        """Build the layer.
+
+        Args:
+            hidden_size: d.
+            head_dim: D (``H = d / D`` heads).
+            inter_multi: fast hidden width ``Dh = inter_multi * D``.
+            base_lr: inner lr at init (softplus around it).
+            o_norm: per-head RMSNorm on the output.
+            options: the op options (default: classic Muon, 5 steps, post-norm, no momentum).
+            **op_kw: :class:`LaCTOptions` fields applied on top (``use_muon``, ``muon``,
+                ``muon_steps``, ``weight_norm``, ``lact_impl``, ...).
+        """
         super().__init__()
         if head_dim < 1 or hidden_size % head_dim:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must be divisible by head_dim ({head_dim})"
             )
-        if base_lr <= 0:
-            raise ValueError(f"base_lr ({base_lr}) must be > 0")
+        if not math.isfinite(base_lr) or base_lr <= 0:
+            raise ValueError(f"base_lr ({base_lr}) must be a finite number > 0")
         if inter_multi < 1:
             raise ValueError(f"inter_multi ({inter_multi}) must be >= 1")
-        if muon not in ("tuned", "classic"):
-            raise ValueError(f"muon must be 'tuned' or 'classic', got {muon!r}")
+        base = options if options is not None else LaCTOptions(use_muon=True, muon="classic")
+        opts = LaCTOptions.build(LaCTOptions.project(base), **op_kw)
+        if opts.use_momentum or opts.fast_weight != "swiglu":
+            raise ValueError(
+                "BidirectionalLaCTLayer runs one update without momentum on SwiGLU fast weights: "
+                "use_momentum must be False and fast_weight 'swiglu'"
+            )
+        self.lact_options = opts
         d, h = hidden_size, hidden_size // head_dim
         self.hidden_size, self.num_heads, self.head_dim = d, h, head_dim
         self.hidden_dim = inter_multi * head_dim
-        self.base_lr, self.use_muon, self.muon, self.muon_steps = (
-            base_lr,
-            use_muon,
-            muon,
-            muon_steps,
-        )
-        self.weight_norm, self.lact_impl = weight_norm, lact_impl
+        self.base_lr = base_lr
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.lr_proj = nn.Linear(d, 3 * h, bias=True)
         self.o_norm = nn.RMSNorm(head_dim, eps=1e-5) if o_norm else None
@@ -108,18 +118,9 @@ class BidirectionalLaCTLayer(nn.Module):
     ) -> tuple[Tensor, FastWeights]:
         q, k, v, lr = self._project(x)
         o, st = lact(
-            q,
-            k,
-            v,
-            lr,
-            self.initial_weights() if state is None else state,
-            chunk_size=max(1, x.shape[1]),
+            q, k, v, lr, self.initial_weights() if state is None else state, self.lact_options,
             schedule=ops,
-            muon=self.muon if self.use_muon else None,
-            muon_steps=self.muon_steps,
-            weight_norm=self.weight_norm,
-            impl=self.lact_impl,
-        )
+        )  # fmt: skip
         return o, st.weights
 
     def _out(self, o: Tensor) -> Tensor:

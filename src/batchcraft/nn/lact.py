@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +23,9 @@ from batchcraft.nn.rope import (
     doc_ids_from_cu_seqlens,
     positions_from_cu_seqlens,
 )
-from batchcraft.ops.lact import FastWeights, LaCTState, lact
+from batchcraft.ops.lact import FastWeights, LaCTOptions, LaCTState, lact
 
-__all__ = ["LaCTLayer", "LaCTLayerCache", "inv_softplus", "l2_normalize"]
+__all__ = ["LaCTLayer", "LaCTLayerCache", "LaCTLayerOptions", "inv_softplus", "l2_normalize"]
 
 _INITS = ("low_rank", "full", "nvs")
 
@@ -73,6 +74,119 @@ class LaCTLayerCache:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
+def _divisors_near(n: int, k: int) -> list[int]:
+    return sorted((x for x in range(1, n + 1) if n % x == 0), key=lambda x: abs(x - k))[:3]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaCTLayerOptions(LaCTOptions):
+    """Options of :class:`LaCTLayer`: the op options (inherited, LM defaults) plus the layer's.
+
+    Validated once in ``__post_init__``; :class:`batchcraft.models.LaCTConfig` extends this class,
+    so a field added here (or to :class:`LaCTOptions`) is at once a layer option and a config field.
+    """
+
+    hidden_size: int  # d
+    num_heads: int = 4  # fast-weight (TTT) heads H; D = d / H
+    num_attn_heads: int | None = None  # attention heads Ha (None: = num_heads); Da = d / Ha
+    window_size: int | None = 2048  # W: attention window (None: full attention, 0: none)
+    inter_multi: int = 1  # fast hidden width Dh = inter_multi * D
+    base_lr: float = 1e-3  # inner lr at init: lr = softplus(Linear(x) + inv_softplus(base_lr))
+    lr_dim: int = 1  # one lr per matrix (only 1 is supported)
+    qkv_bias: bool = False
+    qk_norm: bool = False  # RMSNorm on q and k before both branches
+    v_silu: bool = True  # SiLU on the TTT values
+    use_rope: bool = True  # RoPE on attention and fast q/k (attention head split)
+    rope_theta: float = 1e6
+    init: str = "low_rank"  # fast-weight init: "low_rank", "full" or "nvs"
+    low_rank: int = 32  # rank of the low-rank gate/up init
+    fw_init_gain: float = 0.5  # gain of the low-rank factors
+    output_gate: bool = True  # per-head SiLU gate on the TTT output
+    use_ttt: bool = True  # False: attention-only layer (SWA / full-attention baseline)
+    attn_impl: str = "auto"  # attention implementation ("auto", "sdpa", "flex", "naive")
+    # op options with the LM layer's defaults
+    chunk_size: int = 2048  # C
+    use_momentum: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        d, h = self.hidden_size, self.num_heads
+        if not isinstance(d, int) or d < 1:
+            raise ValueError(f"hidden_size must be a positive int, got {d!r}")
+        if not isinstance(h, int) or h < 1 or d % h:
+            raise ValueError(
+                f"hidden_size ({d}) must be divisible by num_heads ({h}); "
+                f"divisors near it: {_divisors_near(d, h if isinstance(h, int) else 1)}"
+            )
+        ha = self.attn_heads
+        if not isinstance(ha, int) or ha < 1 or d % ha:
+            raise ValueError(
+                f"hidden_size ({d}) must be divisible by num_attn_heads ({ha}); "
+                f"divisors near it: {_divisors_near(d, ha if isinstance(ha, int) else 1)}"
+            )
+        head, attn_head = d // h, d // ha
+        if self.use_ttt and self.use_rope and head % attn_head:
+            raise ValueError(
+                f"fast-weight head dim D = {head} must be a multiple of the attention head dim "
+                f"Da = {attn_head} (RoPE on the TTT branch uses the attention head split); "
+                "choose num_attn_heads >= num_heads with divisible sizes, or use_rope=False"
+            )
+        w = self.window_size
+        if w is not None and (not isinstance(w, int) or w < 0):
+            raise ValueError(
+                f"window_size ({w!r}) must be an int >= 0 (0 disables attention) or None"
+            )
+        if self.use_ttt and w is not None and 0 < w < self.chunk_size:
+            raise ValueError(
+                f"window_size ({w}) must be >= chunk_size ({self.chunk_size}) for exact "
+                "causality: tokens of the current chunk are not yet in the fast weights, so the "
+                "window must cover them (or use window_size=0 for pure TTT)"
+            )
+        if not self.use_ttt and w == 0:
+            raise ValueError(
+                "use_ttt=False needs attention: window_size must be > 0 or None "
+                "(window_size=0 leaves no token mixing)"
+            )
+        if not isinstance(self.inter_multi, int) or self.inter_multi < 1:
+            raise ValueError(f"inter_multi ({self.inter_multi!r}) must be an int >= 1")
+        if not (isinstance(self.base_lr, (int, float)) and math.isfinite(self.base_lr)):
+            raise ValueError(f"base_lr ({self.base_lr!r}) must be a finite number > 0")
+        if self.base_lr <= 0:
+            raise ValueError(f"base_lr ({self.base_lr}) must be > 0")
+        if self.lr_dim != 1:
+            raise ValueError(
+                f"lr_dim ({self.lr_dim}) is not supported: use lr_dim=1 (one lr per matrix)"
+            )
+        if self.init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
+        if self.init == "low_rank" and (not isinstance(self.low_rank, int) or self.low_rank < 1):
+            raise ValueError(
+                f"low_rank ({self.low_rank!r}) must be an int >= 1 with init='low_rank'"
+            )
+        if not self.rope_theta > 0:
+            raise ValueError(f"rope_theta ({self.rope_theta}) must be > 0")
+
+    @property
+    def attn_heads(self) -> int:
+        """Ha: ``num_attn_heads``, or ``num_heads`` when that is ``None``."""
+        return self.num_heads if self.num_attn_heads is None else self.num_attn_heads
+
+    @property
+    def head_dim(self) -> int:
+        """D = d / H."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        """Da = d / Ha."""
+        return self.hidden_size // self.attn_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """Dh = inter_multi * D (the linear variant uses D)."""
+        return self.head_dim if self.fast_weight == "linear" else self.inter_multi * self.head_dim
+
+
 class LaCTLayer(nn.Module):
     """Causal LaCT layer: TTT branch (fast SwiGLU weights per head) + sliding-window attention.
 
@@ -80,122 +194,71 @@ class LaCTLayer(nn.Module):
     attention layer: ``window_size=W`` gives the SWA-only baseline, ``window_size=None`` full
     causal attention. ``window_size=0`` disables attention (pure TTT ablation).
 
+    The options are one frozen :class:`LaCTLayerOptions` (``layer.options``); its op part
+    (``layer.lact_options``) goes to :func:`batchcraft.ops.lact.lact` unchanged. Keyword arguments
+    build or override it.
+
     Example::
 
         layer = LaCTLayer(128, num_heads=2, num_attn_heads=4, chunk_size=16, window_size=16)
         y, cache = layer(torch.randn(2, 40, 128), use_cache=True)   # y: [2, 40, 128]
         y2, cache = layer(torch.randn(2, 1, 128), cache=cache)        # one more token
+        same = LaCTLayer(options=layer.options)                       # the same architecture
     """
 
     def __init__(
         self,
-        hidden_size: int,
-        num_heads: int = 4,
+        hidden_size: int | None = None,
+        num_heads: int | None = None,
         *,
-        chunk_size: int = 2048,
-        window_size: int | None = 2048,
-        num_attn_heads: int | None = None,
-        inter_multi: int = 1,
-        base_lr: float = 1e-3,
-        lr_dim: int = 1,
-        use_momentum: bool = True,
-        use_muon: bool = False,
-        muon: str = "tuned",
-        muon_steps: int = 5,
-        weight_norm: str | None = "post",
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        v_silu: bool = True,
-        use_rope: bool = True,
-        rope_theta: float = 1e6,
-        init: str = "low_rank",
-        low_rank: int = 32,
-        fw_init_gain: float = 0.5,
-        output_gate: bool = True,
-        fast_weight: str = "swiglu",
-        use_ttt: bool = True,
+        options: LaCTLayerOptions | None = None,
         layer_idx: int | None = None,
-        lact_impl: str = "auto",
-        attn_impl: str = "auto",
+        **kw: Any,
     ) -> None:
+        """Build the layer.
+
+        Args:
+            hidden_size: d (a shortcut for the option of that name).
+            num_heads: H (a shortcut for the option of that name).
+            options: every option at once (a :class:`LaCTLayerOptions`, or any subclass such
+                as a model config, read by field name).
+            layer_idx: index of the layer in a model (bookkeeping only).
+            **kw: :class:`LaCTLayerOptions` fields, applied on top of ``options``.
+        """
         super().__init__()
-        ha = num_heads if num_attn_heads is None else num_attn_heads
-        d = hidden_size
-        if num_heads < 1 or d % num_heads != 0:
-            raise ValueError(f"hidden_size ({d}) must be divisible by num_heads ({num_heads})")
-        if ha < 1 or d % ha != 0:
-            raise ValueError(f"hidden_size ({d}) must be divisible by num_attn_heads ({ha})")
-        head_dim, attn_dim = d // num_heads, d // ha
-        if use_ttt and use_rope and head_dim % attn_dim != 0:
-            raise ValueError(
-                f"fast-weight head dim D = {head_dim} must be a multiple of the attention head dim "
-                f"Da = {attn_dim} (RoPE on the TTT branch uses the attention head split); "
-                "choose num_attn_heads >= num_heads with divisible sizes, or use_rope=False"
-            )
-        if window_size is not None and window_size < 0:
-            raise ValueError(f"window_size ({window_size}) must be >= 0 (0 disables attention)")
-        if use_ttt and window_size is not None and 0 < window_size < chunk_size:
-            raise ValueError(
-                f"window_size ({window_size}) must be >= chunk_size ({chunk_size}) for exact "
-                "causality: tokens of the current chunk are not yet in the fast weights, so the "
-                "window must cover them (or use window_size=0 for pure TTT)"
-            )
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size ({chunk_size}) must be >= 1")
-        if not use_ttt and window_size == 0:
-            raise ValueError("use_ttt=False with window_size=0 leaves no token mixing")
-        if lr_dim != 1:
-            raise ValueError(
-                f"lr_dim ({lr_dim}) is not supported: use lr_dim=1 (one lr per matrix)"
-            )
-        if fast_weight not in ("swiglu", "linear"):
-            raise ValueError(f"fast_weight must be 'swiglu' or 'linear', got {fast_weight!r}")
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
-        if weight_norm not in ("post", "pre", None):
-            raise ValueError(f"weight_norm must be 'post', 'pre' or None, got {weight_norm!r}")
-        if muon not in ("tuned", "classic"):
-            raise ValueError(f"muon must be 'tuned' or 'classic', got {muon!r}")
-        if base_lr <= 0:
-            raise ValueError(f"base_lr ({base_lr}) must be > 0")
-        if init == "low_rank" and low_rank < 1:
-            raise ValueError(f"low_rank ({low_rank}) must be >= 1 with init='low_rank'")
+        if hidden_size is not None:
+            kw["hidden_size"] = hidden_size
+        if num_heads is not None:
+            kw["num_heads"] = num_heads
+        base = None if options is None else LaCTLayerOptions.project(options)
+        if base is None and "hidden_size" not in kw:
+            raise TypeError("LaCTLayer needs hidden_size (or options=LaCTLayerOptions(...))")
+        opts = LaCTLayerOptions.build(base, **kw)
+        self.options = opts
+        self.lact_options = LaCTOptions.project(opts)  # what the op receives
+        d = opts.hidden_size
+        self.hidden_size, self.num_heads, self.num_attn_heads = d, opts.num_heads, opts.attn_heads
+        self.head_dim, self.attn_head_dim = opts.head_dim, opts.attn_head_dim
+        self.hidden_dim = opts.hidden_dim
+        self.use_ttt, self.layer_idx = opts.use_ttt, layer_idx
+        self.use_attn = opts.window_size is None or opts.window_size > 0
 
-        self.hidden_size, self.num_heads, self.num_attn_heads = d, num_heads, ha
-        self.head_dim, self.attn_head_dim = head_dim, attn_dim
-        self.hidden_dim = inter_multi * head_dim
-        self.chunk_size, self.window_size = chunk_size, window_size
-        self.base_lr, self.use_momentum, self.use_muon = base_lr, use_momentum, use_muon
-        self.muon, self.muon_steps, self.weight_norm = muon, muon_steps, weight_norm
-        self.qk_norm, self.v_silu, self.use_rope, self.rope_theta = (
-            qk_norm,
-            v_silu,
-            use_rope,
-            rope_theta,
-        )
-        self.init, self.low_rank, self.fw_init_gain = init, low_rank, fw_init_gain
-        self.output_gate, self.fast_weight, self.use_ttt = output_gate, fast_weight, use_ttt
-        self.layer_idx, self.lact_impl, self.attn_impl = layer_idx, lact_impl, attn_impl
-        self.use_attn = window_size is None or window_size > 0
-
-        self.qkv = nn.Linear(d, 3 * d, bias=qkv_bias)
-        self.q_norm = nn.RMSNorm(d, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(d, eps=1e-6) if qk_norm else None
+        self.qkv = nn.Linear(d, 3 * d, bias=opts.qkv_bias)
+        self.q_norm = nn.RMSNorm(d, eps=1e-6) if opts.qk_norm else None
+        self.k_norm = nn.RMSNorm(d, eps=1e-6) if opts.qk_norm else None
         self.o_proj = nn.Linear(d, d, bias=False)
-        if use_ttt:
-            h, dd, dh = num_heads, head_dim, self.hidden_dim
+        if opts.use_ttt:
+            h, dd, dh = opts.num_heads, self.head_dim, self.hidden_dim
             self.qk_scale = nn.Parameter(torch.ones(2, d))  # (q, k) affine scale
             self.qk_offset = nn.Parameter(torch.zeros(2, d))
             self.lr_proj = nn.Linear(d, 3 * h, bias=True)
-            self.beta_proj = nn.Linear(d, h) if use_momentum else None
-            self.gate_proj = nn.Linear(d, h) if output_gate else None
+            self.beta_proj = nn.Linear(d, h) if opts.use_momentum else None
+            self.gate_proj = nn.Linear(d, h) if opts.output_gate else None
             self.ttt_norm = nn.RMSNorm(dd, eps=1e-5)
-            if fast_weight == "linear":
-                self.w_down = nn.Parameter(torch.empty(h, dd, dd))
-            else:
-                self.w_down = nn.Parameter(torch.empty(h, dd, dh))
-                if init == "low_rank":
-                    q = low_rank
+            self.w_down = nn.Parameter(torch.empty(h, dd, dh))  # linear: dh == dd
+            if opts.fast_weight == "swiglu":
+                if opts.init == "low_rank":
+                    q = opts.low_rank
                     self.gate_l = nn.Parameter(torch.empty(h, dh, q))
                     self.gate_r = nn.Parameter(torch.empty(h, q, dd))
                     self.up_l = nn.Parameter(torch.empty(h, dh, q))
@@ -219,13 +282,13 @@ class LaCTLayer(nn.Module):
         with torch.no_grad():
             self.qk_scale.fill_(1.0)
             self.qk_offset.zero_()
-            gain = math.sqrt(2.0) if self.init == "nvs" else 1.0
-            din = self.head_dim if self.fast_weight == "linear" else self.hidden_dim
+            gain = math.sqrt(2.0) if self.options.init == "nvs" else 1.0
+            din = self.head_dim if self.options.fast_weight == "linear" else self.hidden_dim
             self.w_down.normal_(0.0, gain / math.sqrt(din))
-            if self.fast_weight == "linear":
+            if self.options.fast_weight == "linear":
                 return
-            if self.init == "low_rank":
-                g, q, dd = self.fw_init_gain, self.low_rank, self.head_dim
+            if self.options.init == "low_rank":
+                g, q, dd = self.options.fw_init_gain, self.options.low_rank, self.head_dim
                 for p in (self.gate_l, self.up_l):
                     p.normal_(0.0, g / math.sqrt(q))
                 for p in (self.gate_r, self.up_r):
@@ -236,9 +299,9 @@ class LaCTLayer(nn.Module):
 
     def initial_weights(self) -> FastWeights:
         """``W0`` per head: gate/up ``[H, Dh, D]``, down ``[H, D, Dh]`` (rebuilt every call)."""
-        if self.fast_weight == "linear":
+        if self.options.fast_weight == "linear":
             return FastWeights(None, None, self.w_down)
-        if self.init == "low_rank":
+        if self.options.init == "low_rank":
             g = self.gate_l  # rectangular identity [Dh, D], built on the fly (no buffer to load)
             eye = 0.5 * torch.eye(self.hidden_dim, self.head_dim, dtype=g.dtype, device=g.device)
             return FastWeights(
@@ -320,16 +383,16 @@ class LaCTLayer(nn.Module):
         b, t, _ = q.shape
         ha, da = self.num_attn_heads, self.attn_head_dim
         qa, ka, va = (z.reshape(b, t, ha, da) for z in (q, k, v))  # [B, T, Ha, Da]
-        if self.use_rope:
-            qa = apply_rope(qa, positions, theta=self.rope_theta)
-            ka = apply_rope(ka, positions, theta=self.rope_theta)
-        w = self.window_size
+        if self.options.use_rope:
+            qa = apply_rope(qa, positions, theta=self.options.rope_theta)
+            ka = apply_rope(ka, positions, theta=self.options.rope_theta)
+        w = self.options.window_size
         if cache is not None:
             if cache.kv is None:
                 raise ValueError("cache has no attention buffer but this layer uses attention")
-            o, kv_next = cache.kv.attend(qa, ka, va, impl=self.attn_impl)
+            o, kv_next = cache.kv.attend(qa, ka, va, impl=self.options.attn_impl)
             return o.reshape(b, t, -1), kv_next
-        o = window_attention(qa, ka, va, window=w, doc_ids=doc_ids, impl=self.attn_impl)
+        o = window_attention(qa, ka, va, window=w, doc_ids=doc_ids, impl=self.options.attn_impl)
         kv: KVBuffer | None = None
         if want_cache:
             if w is None:  # full attention: keep everything
@@ -357,15 +420,15 @@ class LaCTLayer(nn.Module):
         kt = (k * self.qk_scale[1] + self.qk_offset[1]).reshape(b, t, h, dd)
         vt = v.reshape(b, t, h, dd)
         qt, kt = l2_normalize(F.silu(qt)), l2_normalize(F.silu(kt))
-        if self.v_silu:
+        if self.options.v_silu:
             vt = F.silu(vt)
-        if self.use_rope:
+        if self.options.use_rope:
             ha, da = self.num_attn_heads, self.attn_head_dim
-            qt = apply_rope(qt.reshape(b, t, ha, da), positions, theta=self.rope_theta)
-            kt = apply_rope(kt.reshape(b, t, ha, da), positions, theta=self.rope_theta)
+            qt = apply_rope(qt.reshape(b, t, ha, da), positions, theta=self.options.rope_theta)
+            kt = apply_rope(kt.reshape(b, t, ha, da), positions, theta=self.options.rope_theta)
             qt, kt = qt.reshape(b, t, h, dd), kt.reshape(b, t, h, dd)
         cdt = torch.promote_types(x.dtype, torch.float32)
-        lr_raw = self.lr_proj(x).to(cdt) + inv_softplus(self.base_lr)
+        lr_raw = self.lr_proj(x).to(cdt) + inv_softplus(self.options.base_lr)
         lr = F.softplus(lr_raw).reshape(b, t, h, 3)  # [B, T, H, 3] (gate, up, down)
         beta = None
         if self.beta_proj is not None:
@@ -376,19 +439,7 @@ class LaCTLayer(nn.Module):
                 raise ValueError("cache has no LaCT state but this layer uses TTT")
             state = cache.ttt
         o, new_state = lact(
-            qt,
-            kt,
-            vt,
-            lr,
-            state,
-            chunk_size=self.chunk_size,
-            beta=beta,
-            muon=self.muon if self.use_muon else None,
-            muon_steps=self.muon_steps,
-            weight_norm=self.weight_norm,
-            fast_weight=self.fast_weight,
-            cu_seqlens=cu_seqlens,
-            impl=self.lact_impl,
+            qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens
         )
         o = self.ttt_norm(o)  # [B, T, H, D]
         if self.gate_proj is not None:

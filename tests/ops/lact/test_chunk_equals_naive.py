@@ -185,3 +185,34 @@ def test_recompute_bounds_saved_activations() -> None:
             run("chunk", inp, C=4, recompute=recompute)
         saved[recompute] = total
     assert saved[True] * 4 < saved[False], saved
+
+
+def test_reference_shares_no_code_with_the_fast_paths() -> None:
+    """naive.py may import only the containers, the options and the validation, so that
+    chunk == naive compares two independent implementations (not one shared update rule)."""
+    import ast
+    import inspect
+
+    import batchcraft.ops.lact.naive as ref
+
+    allowed = {
+        "batchcraft.ops.lact.options",
+        "batchcraft.ops.lact.schedule",  # TTTOp and the Schedule type only
+        "batchcraft.ops.lact.state",  # FastWeights and LaCTState only
+        "batchcraft.ops.lact.validate",
+    }
+    tree = ast.parse(inspect.getsource(ref))
+    ours = {
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("batchcraft")
+    }
+    assert ours <= allowed, ours - allowed
+    names = {
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module in ("batchcraft.ops.lact.schedule",
+                                                          "batchcraft.ops.lact.state")
+        for a in n.names
+    }  # fmt: skip
+    assert names <= {"Schedule", "TTTOp", "FastWeights", "LaCTState"}, names

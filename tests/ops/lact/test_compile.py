@@ -9,7 +9,7 @@ from torch._dynamo.testing import CompileCounter
 
 from batchcraft.ops.lact import chunk_lact, lact, resolve_impl
 from batchcraft.ops.lact.compiled import compiled_lact, compiled_step
-from batchcraft.ops.lact.update import UpdateConfig
+from batchcraft.ops.lact.options import LaCTOptions
 
 
 def _step_args(N: int = 2, C: int = 8, D: int = 6, Dh: int = 10) -> tuple[object, ...]:
@@ -28,7 +28,7 @@ def _step_args(N: int = 2, C: int = 8, D: int = 6, Dh: int = 10) -> tuple[object
 def test_chunk_step_traces_without_graph_breaks(muon: str | None) -> None:
     from batchcraft.ops.lact.chunk import _ChunkBackend
 
-    be = _ChunkBackend(UpdateConfig(muon=muon), recompute=False)
+    be = _ChunkBackend(LaCTOptions(use_muon=muon is not None, muon=muon or "tuned"))
     torch._dynamo.reset()
     explain = torch._dynamo.explain(be._step)(*_step_args())
     assert explain.graph_break_count == 0, explain.break_reasons
@@ -74,9 +74,11 @@ def test_compiled_equals_chunk_forward_grads_state_aot_eager() -> None:
 
 
 def test_compiled_step_is_cached_per_options() -> None:
-    a = compiled_step(UpdateConfig(muon="tuned"), backend="eager")
-    assert compiled_step(UpdateConfig(muon="tuned"), backend="eager") is a
-    assert compiled_step(UpdateConfig(muon=None), backend="eager") is not a
+    a = compiled_step(LaCTOptions(use_muon=True), backend="eager")
+    assert compiled_step(LaCTOptions(use_muon=True), backend="eager") is a
+    # options the step never reads do not recompile
+    assert compiled_step(LaCTOptions(use_muon=True, chunk_size=7, check=True), backend="eager") is a
+    assert compiled_step(LaCTOptions(use_muon=False), backend="eager") is not a
 
 
 def test_dispatch_compiled_by_name() -> None:

@@ -106,6 +106,8 @@ def test_state_misuse() -> None:
             chunk_size=4,
             cu_seqlens=[0, 8],
         )
+    with pytest.raises(ValueError, match="pending tokens without momentum gates"):
+        _call(state=s, beta=inp.beta)  # s holds 2 tokens gathered without beta
     assert isinstance(LaCTState.init(inp.w), LaCTState)
 
 

@@ -5,27 +5,34 @@ chunk the fast weights take one descent step on an lr-weighted negative dot-prod
 ``f(k)`` and ``v``; queries read the state as ``f(q)``. Shapes: ``q, k, v`` [B, T, H, D],
 ``lr`` [B, T, H, 3] (gate, up, down), ``beta`` [B, T, H] or None; output ``o`` [B, T, H, D].
 
+How the fast weights learn is one frozen :class:`LaCTOptions`, shared by every implementation;
+the keyword form builds it for you.
+
 Example::
 
     W0 = FastWeights(gate, up, down)               # [H, Dh, D], [H, Dh, D], [H, D, Dh]
-    o, state = lact(q, k, v, lr, W0, chunk_size=2048)
-    o2, state = lact(q2, k2, v2, lr2, state, chunk_size=2048)   # continues the stream exactly
+    opts = LaCTOptions(chunk_size=2048, use_muon=True)
+    o, state = lact(q, k, v, lr, W0, opts)
+    o2, state = lact(q2, k2, v2, lr2, state, opts)   # continues the stream exactly
+    o, state = lact(q, k, v, lr, W0, chunk_size=2048, muon="tuned")   # keyword form
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from batchcraft.ops.lact.api import Schedule
 from batchcraft.ops.lact.chunk import chunk_lact
 from batchcraft.ops.lact.inner import lact_inner_grad, swiglu_apply
 from batchcraft.ops.lact.muon import newton_schulz
 from batchcraft.ops.lact.naive import naive_lact
+from batchcraft.ops.lact.options import IMPLS, LaCTOptions, resolve_options
 from batchcraft.ops.lact.schedule import (
+    Schedule,
     TTTOp,
     bidirectional_schedule,
     causal_schedule,
@@ -36,7 +43,9 @@ from batchcraft.ops.lact.state import FastWeights, LaCTState
 __all__ = [
     "IMPLS",
     "FastWeights",
+    "LaCTOptions",
     "LaCTState",
+    "Schedule",
     "TTTOp",
     "bidirectional_schedule",
     "causal_schedule",
@@ -50,8 +59,6 @@ __all__ = [
     "strided_schedule",
     "swiglu_apply",
 ]
-
-IMPLS: tuple[str, ...] = ("auto", "naive", "chunk", "bf16", "compiled", "triton")
 
 
 def _triton_impl() -> Callable[..., tuple[Tensor, LaCTState]] | None:
@@ -76,7 +83,7 @@ def resolve_impl(impl: str, q: Tensor) -> Callable[..., tuple[Tensor, LaCTState]
     is the chunk path with a ``torch.compile``d chunk step (pays a one-off compile).
     """
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        raise ValueError(f"lact_impl must be one of {IMPLS}, got {impl!r}")
     if impl == "naive":
         return naive_lact
     if impl == "chunk":
@@ -111,20 +118,12 @@ def lact(
     v: Tensor,
     lr: Tensor,
     state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
     *,
-    chunk_size: int,
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
-    muon: str | None = None,
-    muon_steps: int = 5,
-    weight_norm: str | None = "post",
-    fast_weight: str = "swiglu",
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    impl: str = "auto",
-    loss: str = "neg_dot",
-    inner_steps: int = 1,
-    check: bool = False,
-    recompute: bool = False,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Large-chunk test-time training over a schedule of chunks.
 
@@ -136,48 +135,28 @@ def lact(
             variant uses the down column. Cast to q's dtype.
         state: initial ``FastWeights`` (gate/up [H or B,H, Dh, D], down [H or B,H, D, Dh]; per-head
             weights are expanded over B without a copy) or a ``LaCTState`` to continue a stream.
-        chunk_size: C, tokens per update of the causal schedule.
+        options: how the fast weights learn (:class:`LaCTOptions`: ``chunk_size``,
+            ``use_momentum``, ``use_muon``/``muon``/``muon_steps``, ``weight_norm``,
+            ``fast_weight``, ``inner_loss``, ``inner_steps``, ``check``, ``recompute``,
+            ``lact_impl``). ``None``: built from ``kw``.
         schedule: ``"causal"`` (apply then update per chunk; continues from a state),
             ``"bidirectional"`` (one update over all tokens, then apply to all), or an explicit
             list of :class:`TTTOp` (e.g. :func:`strided_schedule`).
-        beta: momentum gates [B, T, H] in [0, 1]; momentum is on iff given.
-        muon: ``None``, ``"tuned"`` or ``"classic"`` Newton-Schulz on every update.
-        muon_steps: Newton-Schulz steps (``"tuned"``: at most 5).
-        weight_norm: ``"post"``, ``"pre"`` or ``None`` (row renorm to the norms of ``W0``).
-        fast_weight: ``"swiglu"`` or ``"linear"``.
+        beta: momentum gates [B, T, H] in [0, 1]; required iff ``options.use_momentum``.
         cu_seqlens: packed document boundaries [0, ..., T] (B = 1); the state resets per document
             and the returned state is that of the last document.
-        impl: ``"auto"`` | ``"naive"`` | ``"chunk"`` | ``"bf16"`` | ``"compiled"`` | ``"triton"``
-            (see :func:`resolve_impl`).
-        loss: inner loss ``"neg_dot"`` (paper) or ``"mse"``.
-        inner_steps: descent steps per update (experimental; 1 in the paper).
-        check: also validate NaN/inf and the beta range (costs a device sync).
-        recompute: per-chunk activation checkpointing in the fast path (bounds training memory).
+        **kw: option fields overriding ``options`` (or building it), plus the historical
+            spellings ``impl`` (``lact_impl``), ``loss`` (``inner_loss``) and
+            ``muon=None | "tuned" | "classic"``; without ``use_momentum`` the keyword form turns
+            momentum on exactly when ``beta`` is given.
 
     Returns:
         ``(o, state)``: o [B, T, H, D] (q's dtype) and the state after every complete chunk,
         holding the unfinished chunk's tokens as pending.
     """
-    fn = resolve_impl(impl, q)
-    return fn(
-        q,
-        k,
-        v,
-        lr,
-        state,
-        chunk_size=chunk_size,
-        schedule=schedule,
-        beta=beta,
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        fast_weight=fast_weight,
-        cu_seqlens=cu_seqlens,
-        loss=loss,
-        inner_steps=inner_steps,
-        check=check,
-        recompute=recompute,
-    )
+    opts = resolve_options(options, kw, beta_given=beta is not None)
+    fn = resolve_impl(opts.lact_impl, q)
+    return fn(q, k, v, lr, state, opts, schedule=schedule, beta=beta, cu_seqlens=cu_seqlens)
 
 
 def lact_flops(

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from batchcraft.ops.lact.chunk import chunk_lact
+from batchcraft.ops.lact.options import LaCTOptions
 from batchcraft.ops.lact.state import FastWeights, LaCTState, map_weights
 
 __all__ = ["LOW_PRECISION", "bf16_lact", "mixed_precision", "to_fp32_state"]
@@ -59,7 +60,13 @@ def mixed_precision(fn: LactFn, *, mm_dtype: torch.dtype = torch.bfloat16) -> La
         raise ValueError(f"mm_dtype must be torch.bfloat16 or torch.float16, got {mm_dtype}")
 
     def run(
-        q: Tensor, k: Tensor, v: Tensor, lr: Tensor, state: LaCTState | FastWeights, **kw: Any
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lr: Tensor,
+        state: LaCTState | FastWeights,
+        options: LaCTOptions | None = None,
+        **kw: Any,
     ) -> tuple[Tensor, LaCTState]:
         for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr)):
             if not isinstance(t, Tensor):
@@ -73,6 +80,7 @@ def mixed_precision(fn: LactFn, *, mm_dtype: torch.dtype = torch.bfloat16) -> La
                 v.float(),
                 lr.float(),
                 to_fp32_state(state),
+                options,
                 beta=None if beta is None else beta.float(),
                 **kw,
             )
@@ -87,7 +95,13 @@ _BF16_CHUNK = mixed_precision(chunk_lact)
 
 
 def bf16_lact(
-    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, state: LaCTState | FastWeights, **kw: Any
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """The chunk path with fp32 state and bf16 matmuls (what ``lact`` runs for bf16/fp16 inputs).
 
@@ -97,9 +111,11 @@ def bf16_lact(
         v: values [B, T, H, D].
         lr: learning rates [B, T, H, 3] (kept in fp32).
         state: ``FastWeights`` or ``LaCTState`` in any float dtype (widened to fp32).
-        **kw: the keyword arguments of :func:`batchcraft.ops.lact.lact` (minus ``impl``).
+        options: the op options (or ``None`` and option keywords in ``kw``).
+        **kw: ``schedule``, ``beta``, ``cu_seqlens`` and option keywords, as for
+            :func:`batchcraft.ops.lact.lact`.
 
     Returns:
         ``(o [B, T, H, D] in q's dtype, state in fp32)``.
     """
-    return _BF16_CHUNK(q, k, v, lr, state, **kw)
+    return _BF16_CHUNK(q, k, v, lr, state, options, **kw)

@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from batchcraft.ops.lact.api import Layout, Schedule, run_lact
 from batchcraft.ops.lact.executor import Backend, Run
 from batchcraft.ops.lact.inner import apply_rows, inner_grad_rows
+from batchcraft.ops.lact.options import LaCTOptions, resolve_options
+from batchcraft.ops.lact.runner import Layout, run_lact
+from batchcraft.ops.lact.schedule import Schedule
 from batchcraft.ops.lact.state import FastWeights, LaCTState
-from batchcraft.ops.lact.update import UpdateConfig, update_rule
+from batchcraft.ops.lact.update import update_rule
 
 __all__ = ["chunk_lact"]
 
@@ -80,9 +82,9 @@ class _ChunkBackend(Backend):
     # ``_step`` (compiled, Triton) turn it off, and it is skipped under autocast (bf16 path)
     inference_fast = True
 
-    def __init__(self, cfg: UpdateConfig, recompute: bool) -> None:
+    def __init__(self, cfg: LaCTOptions) -> None:
         super().__init__(cfg)
-        self.recompute = recompute
+        self.recompute = cfg.recompute
 
     def apply(self, w: Sequence[Tensor], q: Tensor) -> Tensor:
         if len(w) == 1:
@@ -91,7 +93,7 @@ class _ChunkBackend(Backend):
 
     def grad(self, w: Sequence[Tensor], k: Tensor, v: Tensor, lr: Tensor) -> list[Tensor]:
         fw = FastWeights(None, None, w[0]) if len(w) == 1 else FastWeights(w[0], w[1], w[2])
-        d = inner_grad_rows(fw, k, v, lr, loss=self.cfg.loss)
+        d = inner_grad_rows(fw, k, v, lr, loss=self.cfg.inner_loss)
         return [t for t in d if t is not None]
 
     def mu(self, beta: Tensor) -> Tensor:
@@ -138,7 +140,7 @@ class _ChunkBackend(Backend):
                 zkg, zku = k @ wg.mT, k @ wu.mT
             a = torch.nn.functional.silu(zkg)  # [N, C, Dh]
             hk = a * zku
-            if self.cfg.loss == "mse":
+            if self.cfg.inner_loss == "mse":
                 e = v - hk @ wd.mT  # [N, C, D]
                 vd = lr[..., 2:3] * e
             else:
@@ -238,7 +240,7 @@ class _ChunkBackend(Backend):
             self.inference_fast
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled(q.device.type)
-            and self.cfg.loss == "neg_dot"
+            and self.cfg.inner_loss == "neg_dot"
             and self.cfg.inner_steps == 1
         )
         if fast:
@@ -308,42 +310,20 @@ def chunk_lact(
     v: Tensor,
     lr: Tensor,
     state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
     *,
-    chunk_size: int,
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
-    muon: str | None = None,
-    muon_steps: int = 5,
-    weight_norm: str | None = "post",
-    fast_weight: str = "swiglu",
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    loss: str = "neg_dot",
-    inner_steps: int = 1,
-    check: bool = False,
-    recompute: bool = False,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Fast LaCT (closed-form gradients, folded heads, fused chunk loop). Same contract as
-    :func:`batchcraft.ops.lact.lact`; ``recompute=True`` checkpoints every chunk step."""
+    :func:`batchcraft.ops.lact.lact`; ``options.recompute`` checkpoints every chunk step."""
+    opts = resolve_options(options, kw, beta_given=beta is not None)
 
-    def make(cfg: UpdateConfig) -> tuple[Backend, Layout]:
-        return _ChunkBackend(cfg, recompute), _Folded()
+    def make(cfg: LaCTOptions) -> tuple[Backend, Layout]:
+        return _ChunkBackend(cfg), _Folded()
 
     return run_lact(
-        make,
-        q,
-        k,
-        v,
-        lr,
-        state,
-        chunk_size=chunk_size,
-        schedule=schedule,
-        beta=beta,
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        fast_weight=fast_weight,
-        cu_seqlens=cu_seqlens,
-        loss=loss,
-        inner_steps=inner_steps,
-        check=check,
+        make, q, k, v, lr, state, opts, schedule=schedule, beta=beta, cu_seqlens=cu_seqlens
     )

@@ -20,34 +20,35 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from batchcraft.ops.lact.api import Layout, Schedule, run_lact
 from batchcraft.ops.lact.chunk import _ChunkBackend, _Folded
 from batchcraft.ops.lact.executor import Backend
+from batchcraft.ops.lact.options import LaCTOptions, resolve_options
+from batchcraft.ops.lact.runner import Layout, run_lact
+from batchcraft.ops.lact.schedule import Schedule
 from batchcraft.ops.lact.state import FastWeights, LaCTState
-from batchcraft.ops.lact.update import UpdateConfig
 
 __all__ = ["compiled_lact", "compiled_step"]
 
 CompileBackend = str | Callable[..., Any]
 
 
-def _cfg_key(cfg: UpdateConfig) -> tuple[Any, ...]:
-    return (cfg.muon, cfg.muon_steps, cfg.weight_norm, cfg.loss, cfg.inner_steps)
+def _step_options(cfg: LaCTOptions) -> LaCTOptions:
+    """The options the chunk step reads (the cache key: other options never change the graph)."""
+    return LaCTOptions(
+        use_muon=cfg.use_muon,
+        muon=cfg.muon,
+        muon_steps=cfg.muon_steps,
+        weight_norm=cfg.weight_norm,
+        inner_loss=cfg.inner_loss,
+        inner_steps=cfg.inner_steps,
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled(
-    key: tuple[Any, ...], backend: CompileBackend, dynamic: bool | None, mode: str | None
+    cfg: LaCTOptions, backend: CompileBackend, dynamic: bool | None, mode: str | None
 ) -> Callable[..., Any]:
-    muon, muon_steps, weight_norm, loss, inner_steps = key
-    cfg = UpdateConfig(
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        loss=loss,
-        inner_steps=inner_steps,
-    )
-    eager = _ChunkBackend(cfg, recompute=False)
+    eager = _ChunkBackend(cfg)
 
     def step(*args: Any) -> Any:
         return eager._step(*args)
@@ -56,7 +57,7 @@ def _compiled(
 
 
 def compiled_step(
-    cfg: UpdateConfig,
+    cfg: LaCTOptions,
     *,
     backend: CompileBackend = "inductor",
     dynamic: bool | None = False,
@@ -65,13 +66,13 @@ def compiled_step(
     """The compiled chunk step for these options (cached; same arguments as the eager step).
 
     Args:
-        cfg: the update options.
+        cfg: the op options (only the update rule's fields matter).
         backend: a ``torch.compile`` backend (``"inductor"``, ``"aot_eager"``, ``"eager"`` or a
             callable such as ``torch._dynamo.testing.CompileCounter()``).
         dynamic: ``torch.compile``'s ``dynamic`` (``False``: shapes are fixed by C and N anyway).
         mode: ``torch.compile``'s ``mode`` (e.g. ``"max-autotune-no-cudagraphs"``).
     """
-    return _compiled(_cfg_key(cfg), backend, dynamic, mode)
+    return _compiled(_step_options(cfg), backend, dynamic, mode)
 
 
 class _CompiledBackend(_ChunkBackend):
@@ -79,13 +80,12 @@ class _CompiledBackend(_ChunkBackend):
 
     def __init__(
         self,
-        cfg: UpdateConfig,
-        recompute: bool,
+        cfg: LaCTOptions,
         backend: CompileBackend,
         dynamic: bool | None,
         mode: str | None,
     ) -> None:
-        super().__init__(cfg, recompute)
+        super().__init__(cfg)
         self._fn = compiled_step(cfg, backend=backend, dynamic=dynamic, mode=mode)
 
     def _step(self, *args: Any) -> Any:  # type: ignore[override]
@@ -98,48 +98,26 @@ def compiled_lact(
     v: Tensor,
     lr: Tensor,
     state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
     *,
-    chunk_size: int,
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
-    muon: str | None = None,
-    muon_steps: int = 5,
-    weight_norm: str | None = "post",
-    fast_weight: str = "swiglu",
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    loss: str = "neg_dot",
-    inner_steps: int = 1,
-    check: bool = False,
-    recompute: bool = False,
     compile_backend: CompileBackend = "inductor",
     dynamic: bool | None = False,
     mode: str | None = None,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """:func:`batchcraft.ops.lact.chunk_lact` with a compiled chunk step; same contract.
 
     ``compile_backend``, ``dynamic`` and ``mode`` go to ``torch.compile`` (see
     :func:`compiled_step`). The linear variant and explicit schedules run eagerly.
     """
+    opts = resolve_options(options, kw, beta_given=beta is not None)
 
-    def make(cfg: UpdateConfig) -> tuple[Backend, Layout]:
-        return _CompiledBackend(cfg, recompute, compile_backend, dynamic, mode), _Folded()
+    def make(cfg: LaCTOptions) -> tuple[Backend, Layout]:
+        return _CompiledBackend(cfg, compile_backend, dynamic, mode), _Folded()
 
     return run_lact(
-        make,
-        q,
-        k,
-        v,
-        lr,
-        state,
-        chunk_size=chunk_size,
-        schedule=schedule,
-        beta=beta,
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        fast_weight=fast_weight,
-        cu_seqlens=cu_seqlens,
-        loss=loss,
-        inner_steps=inner_steps,
-        check=check,
+        make, q, k, v, lr, state, opts, schedule=schedule, beta=beta, cu_seqlens=cu_seqlens
     )

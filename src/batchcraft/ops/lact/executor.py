@@ -1,4 +1,4 @@
-"""The generic schedule executor shared by every implementation (spec §5, §6).
+"""The generic schedule executor shared by the fast paths (spec §5, §6).
 
 An implementation is a :class:`Backend`: it knows its tensor layout and provides ``apply``
 (``f_W(q)``) and ``grad`` (``-grad L`` of one range); it may override :meth:`Backend.chunks`
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from batchcraft.ops.lact.options import LaCTOptions
 from batchcraft.ops.lact.schedule import TTTOp
-from batchcraft.ops.lact.update import UpdateConfig, update_rule
+from batchcraft.ops.lact.update import update_rule
 
 __all__ = ["Backend", "Run", "run_causal", "run_schedule"]
 
@@ -51,7 +52,7 @@ def _cat(a: Tensor | None, b: Tensor | None) -> Tensor | None:
 class Backend(abc.ABC):
     """One implementation of ``apply`` and ``grad`` in a fixed layout (abstract)."""
 
-    def __init__(self, cfg: UpdateConfig) -> None:
+    def __init__(self, cfg: LaCTOptions) -> None:
         self.cfg = cfg
 
     @abc.abstractmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from batchcraft.ops.lact.options import INNER_LOSSES
 from batchcraft.ops.lact.state import FastWeights
 
 __all__ = [
@@ -33,8 +34,6 @@ __all__ = [
     "silu_grad",
     "swiglu_apply",
 ]
-
-INNER_LOSSES = ("neg_dot", "mse")
 
 
 def silu_grad(z: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 __all__ = [
     "OP_KINDS",
+    "Schedule",
     "TTTOp",
     "bidirectional_schedule",
     "causal_schedule",
@@ -34,6 +35,10 @@ class TTTOp(NamedTuple):
     kind: str
     start: int
     end: int
+
+
+# what an op call runs: "causal" (the stream), "bidirectional", or an explicit op list
+Schedule = str | Sequence[TTTOp] | Sequence[tuple[str, int, int]]
 
 
 def causal_schedule(T: int, C: int) -> list[TTTOp]:

@@ -26,9 +26,10 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from batchcraft.ops.lact.inner import INNER_LOSSES, lact_inner_grad, swiglu_apply
+from batchcraft.ops.lact.inner import lact_inner_grad, swiglu_apply
+from batchcraft.ops.lact.options import resolve_options
 from batchcraft.ops.lact.state import FastWeights, map_weights, row_norms
-from batchcraft.ops.lact.update import UpdateConfig, update_rule
+from batchcraft.ops.lact.update import update_rule
 
 __all__ = ["iter_chunks", "streaming_apply", "streaming_bidirectional", "streaming_update"]
 
@@ -81,12 +82,18 @@ def streaming_update(
     Returns:
         Updated ``FastWeights`` [B, H, ...].
     """
-    if weight_norm not in ("post", "pre", None):
-        raise ValueError(f"weight_norm must be 'post', 'pre' or None, got {weight_norm!r}")
-    if muon not in (None, "tuned", "classic"):
-        raise ValueError(f"muon must be None, 'tuned' or 'classic', got {muon!r}")
-    if loss not in INNER_LOSSES:
-        raise ValueError(f"loss must be one of {INNER_LOSSES}, got {loss!r}")
+    # momentum is decided by the chunks (beta present or not), so it is off in these options
+    cfg = resolve_options(
+        None,
+        dict(
+            muon=muon,
+            muon_steps=muon_steps,
+            weight_norm=weight_norm,
+            fast_weight=fast_weight,
+            inner_loss=loss,
+        ),
+        beta_given=False,
+    )
     if fast_weight == "linear":
         w0 = FastWeights(None, None, w0.down)
     total: list[Tensor] | None = None
@@ -119,7 +126,6 @@ def streaming_update(
         assert beta_sum is not None
         mom = [torch.zeros_like(t) for t in total]  # M0 = 0, so M = Delta + mu * 0
         mu = (beta_sum / n_tok)[..., None, None]
-    cfg = UpdateConfig(muon=muon, muon_steps=muon_steps, weight_norm=weight_norm, loss=loss)
     new_w, _, _ = update_rule(
         weights,
         total,

@@ -26,14 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from batchcraft.ops.lact.api import Layout, Schedule, run_lact
 from batchcraft.ops.lact.bf16 import LOW_PRECISION, mixed_precision
 from batchcraft.ops.lact.chunk import _ChunkBackend, _Folded
 from batchcraft.ops.lact.executor import Backend, Run
 from batchcraft.ops.lact.muon import newton_schulz
+from batchcraft.ops.lact.options import LaCTOptions, resolve_options
+from batchcraft.ops.lact.runner import Layout, run_lact
+from batchcraft.ops.lact.schedule import Schedule
 from batchcraft.ops.lact.state import FastWeights, LaCTState
 from batchcraft.ops.lact.triton_kernels import fused_update, inner_grad, swiglu_apply
-from batchcraft.ops.lact.update import UpdateConfig
 
 __all__ = ["LaCTChunks", "triton_lact", "triton_step"]
 
@@ -50,7 +51,7 @@ def triton_step(
     v: Tensor,
     lr: Tensor,
     beta: Tensor | None,
-    cfg: UpdateConfig,
+    cfg: LaCTOptions,
     *,
     mm_bf16: bool = False,
     out: Tensor | None = None,
@@ -77,7 +78,7 @@ def triton_step(
     new_w, new_a, new_m = [], [], []
     for i in range(3):
         d, m = delta[i], None if mom is None else mom[i]
-        if cfg.muon is not None:
+        if cfg.use_muon:
             if m is not None:
                 assert mu is not None
                 m = d + mu.view(-1, 1, 1) * m  # heavy ball before Muon (M keeps the pre-NS sum)
@@ -169,7 +170,7 @@ class LaCTChunks(torch.autograd.Function):
             rho, rest = tuple(rest[:3]), rest[3:]
         per = 3 * (1 + int(has[0]) + int(has[1]))  # state tensors saved per chunk
         n = q.shape[1] // C
-        eager = _ChunkBackend(cfg, recompute=False)
+        eager = _ChunkBackend(cfg)  # only its _step is called
         g_carry: list[Tensor | None] = list(g_state)
         grads_x = {
             name: torch.zeros_like(t) for name, t in (("q", q), ("k", k), ("v", v), ("lr", lr))
@@ -239,7 +240,7 @@ class _TritonBackend(_ChunkBackend):
     def chunks(
         self, run: Run, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, beta: Tensor | None, C: int
     ) -> Tensor:
-        if len(run.w) == 1 or self.cfg.loss != "neg_dot" or self.cfg.inner_steps != 1:
+        if len(run.w) == 1 or self.cfg.inner_loss != "neg_dot" or self.cfg.inner_steps != 1:
             return super().chunks(run, q, k, v, lr, beta, C)
         mm_bf16 = torch.is_autocast_enabled(q.device.type)
         has = (run.acc is not None, run.mom is not None, run.rho is not None)
@@ -260,14 +261,20 @@ class _TritonBackend(_ChunkBackend):
 
 
 def _triton_core(
-    q: Tensor, k: Tensor, v: Tensor, lr: Tensor, state: LaCTState | FastWeights, **kw: Any
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lr: Tensor,
+    state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
-    recompute = kw.pop("recompute", False)  # the Triton loop always recomputes in backward
+    assert options is not None  # resolved by triton_lact
 
-    def make(cfg: UpdateConfig) -> tuple[Backend, Layout]:
-        return _TritonBackend(cfg, recompute), _Folded()
+    def make(cfg: LaCTOptions) -> tuple[Backend, Layout]:
+        return _TritonBackend(cfg), _Folded()  # the Triton loop always recomputes in backward
 
-    return run_lact(make, q, k, v, lr, state, **kw)
+    return run_lact(make, q, k, v, lr, state, options, **kw)
 
 
 _MIXED = mixed_precision(_triton_core)
@@ -279,40 +286,22 @@ def triton_lact(
     v: Tensor,
     lr: Tensor,
     state: LaCTState | FastWeights,
+    options: LaCTOptions | None = None,
     *,
-    chunk_size: int,
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
-    muon: str | None = None,
-    muon_steps: int = 5,
-    weight_norm: str | None = "post",
-    fast_weight: str = "swiglu",
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    loss: str = "neg_dot",
-    inner_steps: int = 1,
-    check: bool = False,
-    recompute: bool = False,
+    **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Triton LaCT; the contract of :func:`batchcraft.ops.lact.lact`.
 
     fp32 inputs run with fp32 state and fp32 (IEEE) dots, bf16/fp16 inputs with fp32 state and
     bf16 dot operands (also when any of q, k, v is low precision, or under autocast, as
-    inside a layer run with ``torch.autocast``); float64 raises ``ValueError`` (use ``impl="chunk"``). ``recompute`` is implied.
+    inside a layer run with ``torch.autocast``); float64 raises ``ValueError`` (use
+    ``lact_impl="chunk"``). ``recompute`` is implied.
     """
-    kw: dict[str, Any] = dict(
-        chunk_size=chunk_size,
-        schedule=schedule,
-        beta=beta,
-        muon=muon,
-        muon_steps=muon_steps,
-        weight_norm=weight_norm,
-        fast_weight=fast_weight,
-        cu_seqlens=cu_seqlens,
-        loss=loss,
-        inner_steps=inner_steps,
-        check=check,
-        recompute=recompute,
-    )
+    opts = resolve_options(options, kw, beta_given=beta is not None)
+    call: dict[str, Any] = dict(schedule=schedule, beta=beta, cu_seqlens=cu_seqlens)
     if isinstance(q, Tensor) and q.dtype == torch.float64:
         raise ValueError(
             "impl='triton' computes in fp32 or bf16; pass float32/bfloat16 inputs or use "
@@ -320,5 +309,5 @@ def triton_lact(
         )
     low = any(isinstance(t, Tensor) and t.dtype in LOW_PRECISION for t in (q, k, v))
     if low or (isinstance(q, Tensor) and torch.is_autocast_enabled(q.device.type)):
-        return _MIXED(q, k, v, lr, state, **kw)
-    return _triton_core(q, k, v, lr, state, **kw)
+        return _MIXED(q, k, v, lr, state, opts, **call)
+    return _triton_core(q, k, v, lr, state, opts, **call)

@@ -1,6 +1,6 @@
 """One fast-weight update given the raw descent direction (spec §4).
 
-Shared by the reference and the fast path (the rule is layout-agnostic: elementwise maths, row
+Shared by the fast paths (the reference writes its own; the rule is layout-agnostic: elementwise maths, row
 norms over the last axis, Newton-Schulz over the last two axes)::
 
     if momentum:  M <- Delta + mu * M ;  Delta <- M          (heavy ball, no (1 - mu) damping)
@@ -17,35 +17,14 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from batchcraft.ops.lact.muon import newton_schulz
+from batchcraft.ops.lact.options import LaCTOptions
 from batchcraft.ops.lact.state import renorm
 
-__all__ = ["UpdateConfig", "update_rule"]
+__all__ = ["update_rule"]
 
 
-class UpdateConfig:
-    """Static options of the update rule (validated by the dispatcher)."""
-
-    __slots__ = ("inner_steps", "loss", "muon", "muon_steps", "weight_norm")
-
-    def __init__(
-        self,
-        *,
-        muon: str | None = None,
-        muon_steps: int = 5,
-        weight_norm: str | None = "post",
-        loss: str = "neg_dot",
-        inner_steps: int = 1,
-    ) -> None:
-        self.muon = muon
-        self.muon_steps = muon_steps
-        self.weight_norm = weight_norm
-        self.loss = loss
-        self.inner_steps = inner_steps
-
-
-def _ns(x: Tensor, stacked: int, cfg: UpdateConfig) -> Tensor:
+def _ns(x: Tensor, stacked: int, cfg: LaCTOptions) -> Tensor:
     """NS on each of ``stacked`` matrices concatenated along dim -2 of ``x``."""
-    assert cfg.muon is not None
     if stacked == 1:
         return newton_schulz(x, schedule=cfg.muon, steps=cfg.muon_steps)
     y = x.unflatten(-2, (stacked, -1))  # [..., s, m, n]
@@ -60,7 +39,7 @@ def update_rule(
     rho: Sequence[Tensor] | None,
     momentum: Sequence[Tensor] | None,
     mu: Tensor | None,
-    cfg: UpdateConfig,
+    cfg: LaCTOptions,
     stacked: Sequence[int] | None = None,
 ) -> tuple[list[Tensor], list[Tensor] | None, list[Tensor] | None]:
     """Apply §4 to a list of matrices.
@@ -72,7 +51,7 @@ def update_rule(
         rho: reference row norms [..., rows, 1] or ``None`` (needed for any weight norm).
         momentum: momentum buffers or ``None`` (momentum off).
         mu: chunk-mean beta broadcastable to the weights (e.g. [N, 1, 1]); needed with momentum.
-        cfg: the static options.
+        cfg: the op options (``use_muon``, ``muon``, ``muon_steps``, ``weight_norm`` are read).
         stacked: per matrix, how many matrices are concatenated along dim -2 (for per-matrix NS).
 
     Returns:
@@ -85,7 +64,7 @@ def update_rule(
         assert mu is not None
         new_m = [di + mu * mi for di, mi in zip(d, momentum, strict=True)]
         d = new_m
-    if cfg.muon is not None:
+    if cfg.use_muon:
         d = [_ns(di, s, cfg) for di, s in zip(d, stacked, strict=True)]
     new_a: list[Tensor] | None = None
     if cfg.weight_norm == "post":
