@@ -248,6 +248,18 @@ def test_cli_train_eval_generate(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "exp" / "model.safetensors").is_file()
     assert _same_weights(load_lm(tmp_path / "exp"), load_lm(out / "checkpoint"))
+    res = _invoke("lm", "export", "--checkpoint", out / "checkpoint", "--out", tmp_path / "hf",
+                  "--hf")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import batchcraft.models.lact_hf  # noqa: F401  (registers the Auto classes)
+
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([[100, 101, 102, 103]])
+    ref = load_lm(out / "checkpoint")(ids).logits
+    torch.testing.assert_close(hf(ids).logits, ref)
 
 
 def test_cli_same_seed_same_run_and_seed_changes_init(tmp_path):

@@ -230,16 +230,32 @@ def generate(
 def export(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder from `lm train`.")],
     out: Annotated[Path, typer.Option(help="Folder to write (model.safetensors + config.json).")],
+    hf: Annotated[
+        bool,
+        typer.Option(
+            help="A Hugging Face save_pretrained folder (AutoModelForCausalLM loads it "
+            "after `import batchcraft.models.lact_hf`); needs transformers."
+        ),
+    ] = False,
 ) -> None:
     """Write one model.safetensors + config.json from a (possibly sharded) training checkpoint."""
-    from batchcraft.recipes.lm import export_lm
+    from batchcraft.recipes.lm import export_lm, load_lm
     from batchcraft.utils.io import check_writable_dir
 
     check_writable_dir(out.parent if out.parent != Path("") else Path("."))
     if out.exists() and not out.is_dir():
         raise typer.BadParameter(f"--out {out} is a file; give a folder")
-    dest = export_lm(checkpoint, out)
-    log.info(f"wrote {dest / 'model.safetensors'} and config.json")
+    if hf:
+        from batchcraft._capabilities import has_transformers
+
+        if not has_transformers():
+            raise typer.BadParameter("--hf needs transformers: pip install 'batchcraft[hf]'")
+        from batchcraft.models.lact_hf import save_hf
+
+        dest = save_hf(load_lm(checkpoint), out, overwrite=True)
+    else:
+        dest = export_lm(checkpoint, out)
+    log.info(f"wrote {dest}")
 
 
 def register(app: typer.Typer) -> None:

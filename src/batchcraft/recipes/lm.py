@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from batchcraft.models.lact_config import LaCTConfig
-from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM
+from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM, load_lact_lm
 from batchcraft.recipes.checkpoint import (
     STATE_DIR,
     load_model_state,
@@ -46,7 +46,6 @@ from batchcraft.utils.io import (
     commit_dir,
     load_checkpoint,
     load_json,
-    load_module_state,
     prepare_dir,
     resolve_dir,
     save_checkpoint,
@@ -359,22 +358,15 @@ def load_lm(path: str | Path, map_location: str | torch.device = "cpu") -> LaCTF
     Raises:
         CheckpointError: not a LaCT checkpoint folder, or damaged files.
     """
-    from safetensors.torch import load_file
-
     folder = _checkpoint_folder(Path(path))
+    if (folder / "model.safetensors").is_file():
+        return load_lact_lm(folder, map_location)
     try:
         cfg = LaCTConfig.from_dict(load_json(folder / "config.json"))
     except TypeError as exc:
         raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
     model = LaCTForCausalLM(cfg)
-    if (folder / "model.safetensors").is_file():
-        try:
-            state = load_file(str(folder / "model.safetensors"))
-        except Exception as exc:  # safetensors' own error types for missing/truncated files
-            raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read: {exc}") from None
-        load_module_state(model, state, folder / "model.safetensors")
-    else:
-        load_model_state(folder, model)
+    load_model_state(folder, model)
     return model.to(map_location).eval()
 
 
