@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from batchcraft.data import corpus_files
 from batchcraft.data import prepare as prep
 from batchcraft.data.manifest import ShardError, read_manifest
 from batchcraft.data.prepare import check_prepare_args, collect_text_files, prepare_corpus
 from batchcraft.data.shards import TokenShards
-from batchcraft.data.text import load_corpus
+from batchcraft.data.text import load_corpus, split_of
 from batchcraft.data.tokenizers import load_tokenizer
 
 VAL = 0.25
@@ -55,7 +56,7 @@ def test_bytes_shards_equal_load_corpus(corpus, tmp_path):
 
 
 def test_bpe_documents_decode_to_their_files(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "PIECE_BYTES", 300)  # many pieces per file, many units
+    monkeypatch.setattr(corpus_files, "PIECE_BYTES", 300)  # many pieces per file, many units
     out = tmp_path / "out"
     m = prepare_corpus(
         [corpus], out, tokenizer="bpe:400", val_fraction=VAL, progress=False
@@ -65,7 +66,7 @@ def test_bpe_documents_decode_to_their_files(corpus, tmp_path, monkeypatch):
     files, _ = collect_text_files([corpus])
     texts = {split: [] for split in ("train", "val")}
     for f, rel in files:
-        texts[prep.split_of(rel, VAL)].append(f.read_text(encoding="utf-8"))
+        texts[split_of(rel, VAL)].append(f.read_text(encoding="utf-8"))
     for split in ("train", "val"):
         docs = _docs(out, split)
         assert len(docs) == len(texts[split]) == m["splits"][split]["documents"]
@@ -79,7 +80,7 @@ def test_bpe_documents_decode_to_their_files(corpus, tmp_path, monkeypatch):
 
 def test_pieces_tokenize_exactly_like_the_whole_file(tmp_path, monkeypatch):
     """Lines ending in blanks and punctuation: cutting before any newline would change ids."""
-    monkeypatch.setattr(prep, "PIECE_BYTES", 200)
+    monkeypatch.setattr(corpus_files, "PIECE_BYTES", 200)
     # trailing blanks before indented lines: " \n    " is one GPT-2 pre-token and BPE merges it
     rng = random.Random(0)
     lines = [
@@ -96,18 +97,29 @@ def test_pieces_tokenize_exactly_like_the_whole_file(tmp_path, monkeypatch):
     train, val = (_docs(out, s)[0][:-1].tolist() for s in ("train", "val"))
     cut = len(tok.decode(train).encode())
     assert train == tok.encode(text[:cut]) and val == tok.encode(text[cut:])
-    units, _ = prep._plan([(tmp_path / "c" / "a.txt", "a.txt")], 0.5)
+    units, _ = corpus_files.plan_units([(tmp_path / "c" / "a.txt", "a.txt")], 0.5)
     assert len(units) > 10  # the file really was cut into many pieces
 
 
 def test_output_does_not_depend_on_workers(corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prep, "PIECE_BYTES", 500)
+    monkeypatch.setattr(corpus_files, "PIECE_BYTES", 500)
     kw = dict(tokenizer="bpe:300", val_fraction=VAL, shard_tokens=700, progress=False)
     a = prepare_corpus([corpus], tmp_path / "a", workers=1, **kw).manifest
     b = prepare_corpus([corpus], tmp_path / "b", workers=2, **kw).manifest
     assert len(a["splits"]["train"]["shards"]) > 2  # several shards: windows will span them
     assert a["splits"] == b["splits"]
     assert _shard_bytes(tmp_path / "a") == _shard_bytes(tmp_path / "b")
+
+
+def test_a_prepared_tokenizer_folder_can_be_reused(corpus, tmp_path):
+    a = prepare_corpus([corpus], tmp_path / "a", tokenizer="bpe:300", progress=False).manifest
+    spec = str(tmp_path / "a" / "tokenizer")
+    b = prepare_corpus([corpus / "sub"], tmp_path / "b", tokenizer=spec, progress=False).manifest
+    assert b["tokenizer"] == a["tokenizer"]  # same name (bpe:300), vocabulary and eos
+    # its own folder's tokenizer, re-prepared in place for other inputs
+    c = prepare_corpus([corpus], tmp_path / "a", tokenizer=spec, progress=False)
+    assert c.status == "prepared" and c.manifest["tokenizer"] == a["tokenizer"]
+    assert c.manifest["splits"] == a["splits"]
 
 
 def test_single_file_is_split_inside_the_file(tmp_path, text_of):
@@ -162,6 +174,9 @@ def test_rerun_is_a_no_op_until_the_inputs_change(corpus, tmp_path):
     assert changed.manifest["inputs_hash"] != first.manifest["inputs_hash"]
     other = prepare_corpus([corpus], out, **{**kw, "val_fraction": 0.3})  # settings changed
     assert other.status == "prepared" and other.manifest["settings"]["val_fraction"] == 0.3
+    (out / "val-00000.bin").unlink()  # a damaged folder is re-prepared, not "up to date"
+    assert prepare_corpus([corpus], out, **{**kw, "val_fraction": 0.3}).status == "prepared"
+    TokenShards(out, verify=True)
 
 
 class _Crash(Exception):
@@ -184,7 +199,7 @@ def _crash_after(monkeypatch, n_units: int) -> None:
 def test_interrupted_run_leaves_no_manifest_and_resumes_to_the_same_shards(
     corpus, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(prep, "PIECE_BYTES", 400)
+    monkeypatch.setattr(corpus_files, "PIECE_BYTES", 400)
     kw = dict(tokenizer="bpe:300", val_fraction=VAL, shard_tokens=600, progress=False)
     clean = prepare_corpus([corpus], tmp_path / "clean", **kw)
     out = tmp_path / "out"

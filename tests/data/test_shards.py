@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from batchcraft.data import prepare as prep
+from batchcraft.data import corpus_files
 from batchcraft.data.manifest import ShardError
 from batchcraft.data.prepare import prepare_corpus
 from batchcraft.data.shards import TokenShards, bits_per_byte
@@ -25,7 +25,7 @@ def prepared(tmp_path_factory, corpus_writer) -> Path:
     root = tmp_path_factory.mktemp("shards")
     corpus = corpus_writer(root / "corpus")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(prep, "PIECE_BYTES", 600)
+        mp.setattr(corpus_files, "PIECE_BYTES", 600)
         prepare_corpus(
             [corpus], root / "out", tokenizer="bpe:300", val_fraction=0.25, shard_tokens=900,
             progress=False,

@@ -6,15 +6,15 @@ train files when asked -> tokenize in worker processes -> write shards -> write 
 The layout is described in :mod:`batchcraft.data.manifest`.
 
 * **Split.** Each file is a document; it goes to ``val`` when a hash of its path relative to
-  the folder given falls below ``val_fraction`` (the rule of :func:`batchcraft.data.text.load_corpus`,
-  so it is the same on every machine and does not move when files are added). When that leaves
-  either split empty (one file, or a few), every file is cut instead at a line break near
-  ``1 - val_fraction`` of its length: the head goes to train, the tail to val
-  (``split_rule: "within-file"`` in the manifest).
+  the folder given falls below ``val_fraction`` (the rule of
+  :func:`batchcraft.data.text.load_corpus`, so it is the same on every machine and does not
+  move when files are added). When that leaves either split empty (one file, or a few), every
+  file is cut instead at a line break near ``1 - val_fraction`` of its length: the head goes to
+  train, the tail to val (``split_rule: "within-file"`` in the manifest).
 * **Determinism.** The output does not depend on ``workers``: files are cut into pieces of
   about 1 MiB just before a line break that follows a letter or digit (where byte-level
-  pre-tokenizers split anyway, so the ids equal those of the whole file), pieces are grouped into work units, and units are written in
-  order.
+  pre-tokenizers split anyway, so the ids equal those of the whole file), pieces are grouped
+  into work units, and units are written in order.
 * **No-op and resume.** A re-run with the same settings and inputs (same sizes and
   modification times, else the same contents) does nothing. Shards are written under temporary
   names and renamed when complete; after each, ``.prepare-progress.json`` records what is done,
@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
-import mmap
 import multiprocessing as mp
 import os
 import shutil
@@ -42,8 +40,27 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from batchcraft.data.manifest import FORMAT, MANIFEST, SPLITS, VERSION, dtype_for_vocab, file_hash
-from batchcraft.data.text import split_of
+from batchcraft.data import corpus_files
+from batchcraft.data.corpus_files import (
+    WorkUnit,
+    collect_text_files,
+    content_key,
+    digest,
+    plan_units,
+    read_segment,
+    stat_key,
+)
+from batchcraft.data.manifest import (
+    FORMAT,
+    MANIFEST,
+    SPLITS,
+    VERSION,
+    ShardError,
+    check_shards,
+    dtype_for_vocab,
+    file_hash,
+    read_manifest,
+)
 from batchcraft.data.tokenizers import (
     BytesTokenizer,
     Tokenizer,
@@ -59,33 +76,8 @@ __all__ = ["PrepareResult", "check_prepare_args", "collect_text_files", "prepare
 
 log = logging.getLogger(__name__)
 
-PIECE_BYTES = 1 << 20  # target size of a work unit (and of the pieces a big file is cut into)
 PROGRESS = ".prepare-progress.json"
 TOKENIZER_DIR = "tokenizer"
-_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-
-
-@dataclass(frozen=True)
-class _Segment:
-    """Bytes ``[start, end)`` of one file; ``first``/``last``: it starts/ends a document."""
-
-    path: str
-    start: int
-    end: int
-    first: bool
-    last: bool
-
-
-@dataclass(frozen=True)
-class _Unit:
-    """One task for a worker: consecutive segments of one split."""
-
-    split: str
-    segments: tuple[_Segment, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(s.end - s.start for s in self.segments)
 
 
 @dataclass
@@ -143,159 +135,6 @@ def check_prepare_args(
     return spec
 
 
-def _looks_binary(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return b"\x00" in f.read(8192)
-
-
-def collect_text_files(
-    text: Sequence[str | os.PathLike[str]],
-    *,
-    suffixes: Sequence[str] = (),
-    exclude: str | os.PathLike[str] | None = None,
-) -> tuple[list[tuple[Path, str]], int]:
-    """The non-empty text files named or found under ``text``, sorted by path.
-
-    Args:
-        text: files and folders.
-        suffixes: keep only files found in folders with one of these suffixes (``".py"``).
-        exclude: a folder whose files are never taken (the output folder).
-
-    Returns:
-        ``[(path, relative name)]`` (relative to the folder given, or the file name) and the
-        number of files skipped: under hidden folders or ``__pycache__``, binary (a NUL byte in
-        the first 8 KiB) or empty.
-    """
-    ex = Path(exclude).resolve() if exclude is not None else None
-    found: dict[Path, str] = {}
-    skipped = 0
-    for t in map(Path, text):
-        if t.is_file():
-            found[t] = t.name
-            continue
-        if not t.is_dir():
-            raise ValueError(f"--text {str(t)!r} is neither a file nor a folder")
-        for f in t.rglob("*"):
-            rel = f.relative_to(t)
-            if not f.is_file() or (suffixes and f.suffix not in suffixes):
-                continue
-            if ex is not None and ex in f.resolve().parents:
-                continue
-            if any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
-                skipped += 1
-                continue
-            found[f] = str(rel)
-    files = []
-    for f in sorted(found):
-        if f.stat().st_size == 0 or _looks_binary(f):
-            skipped += 1
-        else:
-            files.append((f, found[f]))
-    return files, skipped
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
-
-
-def _stat_key(files: list[tuple[Path, str]]) -> str:
-    st = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]
-    return _digest(st)
-
-
-def _content_key(files: list[tuple[Path, str]]) -> str:
-    return _digest([(rel, f.stat().st_size, file_hash(f)) for f, rel in files])
-
-
-# ------------------------------------------------------------------ planning the work
-
-
-def _cut_at(mm: mmap.mmap, pos: int, end: int) -> int | None:
-    """First offset in ``[pos, end)`` of a newline right after an ASCII letter or digit, else None.
-
-    Every common byte-level pre-tokenizer (GPT-2, Llama 3, Qwen 2, GPT-4o regexes) ends a
-    pre-token between a letter/digit and a newline, and BPE never merges across pre-tokens, so
-    tokenizing the pieces gives the same ids as tokenizing the whole file.
-    """
-    while True:
-        i = mm.find(b"\n", pos, end)
-        if i < 0:
-            return None
-        if i > 0 and mm[i - 1] in _WORD:
-            return i
-        pos = i + 1
-
-
-def _char_boundary(mm: mmap.mmap, pos: int, end: int) -> int:
-    """``pos`` moved forward past UTF-8 continuation bytes (never splits a character)."""
-    while pos < end and mm[pos] & 0xC0 == 0x80:
-        pos += 1
-    return pos
-
-
-def _pieces(mm: mmap.mmap, start: int, end: int) -> list[tuple[int, int]]:
-    out, a = [], start
-    while end - a > PIECE_BYTES:
-        c = _cut_at(mm, a + PIECE_BYTES, end)
-        if c is None:
-            break
-        out.append((a, c))
-        a = c
-    out.append((a, end))
-    return out
-
-
-def _plan(files: list[tuple[Path, str]], val_fraction: float) -> tuple[list[_Unit], str]:
-    """Work units in output order (all train units, then all val units) and the split rule."""
-    by_hash = [split_of(rel, val_fraction) for _, rel in files]
-    rule = "by-file" if {"train", "val"} <= set(by_hash) else "within-file"
-    docs: dict[str, list[tuple[Path, int, int]]] = {"train": [], "val": []}
-    for (f, _), split in zip(files, by_hash, strict=True):
-        size = f.stat().st_size
-        if rule == "by-file":
-            docs[split].append((f, 0, size))
-            continue
-        with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            target = min(max(1, int(size * (1.0 - val_fraction))), size - 1)
-            cut = _cut_at(mm, target, size) or _char_boundary(mm, target, size)
-        if 0 < cut < size:
-            docs["train"].append((f, 0, cut))
-            docs["val"].append((f, cut, size))
-        else:  # too short to cut
-            docs["train"].append((f, 0, size))
-    for split in SPLITS:
-        if not docs[split]:
-            raise ValueError(
-                f"no {split} text: the input is too small to carve a validation split from "
-                f"(files: {len(files)}); add text or change --val-fraction"
-            )
-    units: list[_Unit] = []
-    for split in SPLITS:
-        segs: list[_Segment] = []
-        for f, a, b in docs[split]:
-            with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                pieces = _pieces(mm, a, b)
-            for k, (s, e) in enumerate(pieces):
-                segs.append(_Segment(str(f), s, e, first=k == 0, last=k == len(pieces) - 1))
-        group: list[_Segment] = []
-        size = 0
-        for seg in segs:  # group small segments so a unit is ~PIECE_BYTES
-            group.append(seg)
-            size += seg.end - seg.start
-            if size >= PIECE_BYTES:
-                units.append(_Unit(split, tuple(group)))
-                group, size = [], 0
-        if group:
-            units.append(_Unit(split, tuple(group)))
-    return units, rule
-
-
-def _read(seg: _Segment) -> bytes:
-    with open(seg.path, "rb") as f:
-        f.seek(seg.start)
-        return f.read(seg.end - seg.start).replace(b"\x00", b"")
-
-
 # ------------------------------------------------------------------ workers
 
 
@@ -305,13 +144,13 @@ class _Encoder:
     def __init__(self, tok: Tokenizer, dtype: np.dtype):
         self.tok, self.dtype = tok, dtype
 
-    def __call__(self, unit: _Unit) -> tuple[np.ndarray, list[int], int]:
+    def __call__(self, unit: WorkUnit) -> tuple[np.ndarray, list[int], int]:
         parts: list[np.ndarray] = []
         starts: list[int] = []
         n = nbytes = 0
         eos = self.tok.eos_id
         for seg in unit.segments:
-            raw = _read(seg)
+            raw = read_segment(seg)
             if isinstance(self.tok, BytesTokenizer):
                 ids = np.frombuffer(raw, dtype=np.uint8).astype(self.dtype)
             else:
@@ -335,7 +174,7 @@ def _init_worker(tok_dir: str, dtype: str) -> None:
     _WORKER = _Encoder(load_tokenizer(tok_dir), np.dtype(dtype))
 
 
-def _work(unit: _Unit) -> tuple[np.ndarray, list[int], int]:
+def _work(unit: WorkUnit) -> tuple[np.ndarray, list[int], int]:
     assert _WORKER is not None, "worker not initialised"
     return _WORKER(unit)
 
@@ -343,7 +182,7 @@ def _work(unit: _Unit) -> tuple[np.ndarray, list[int], int]:
 @contextlib.contextmanager
 def _mapper(
     workers: int, tok: Tokenizer, tok_dir: Path, dtype: np.dtype
-) -> Iterator[Callable[[list[_Unit]], Iterable[tuple[np.ndarray, list[int], int]]]]:
+) -> Iterator[Callable[[list[WorkUnit]], Iterable[tuple[np.ndarray, list[int], int]]]]:
     """``map(units)`` in order: inline for one worker, else a process pool (fork when possible)."""
     if workers == 1:
         enc = _Encoder(tok, dtype)
@@ -466,14 +305,14 @@ def _resume_state(root: Path, key: str) -> tuple[dict[str, Any], Tokenizer] | No
 # ------------------------------------------------------------------ the entry point
 
 
-def _bpe_texts(units: list[_Unit], max_bytes: int) -> Iterator[str]:
+def _bpe_texts(units: list[WorkUnit], max_bytes: int) -> Iterator[str]:
     """Train-split text for BPE training, every k-th unit when there is more than ``max_bytes``."""
     train = [u for u in units if u.split == "train"]
     total = sum(u.nbytes for u in train)
     stride = max(1, math.ceil(total / max(1, max_bytes)))
     for u in train[::stride]:
         for seg in u.segments:
-            yield _read(seg).decode("utf-8", "replace")
+            yield read_segment(seg).decode("utf-8", "replace")
 
 
 def _tokenizer_identity(spec: TokenizerSpec) -> str | None:
@@ -481,7 +320,7 @@ def _tokenizer_identity(spec: TokenizerSpec) -> str | None:
         return None
     if spec.path.is_file():
         return file_hash(spec.path)
-    return _digest([file_hash(p) for p in sorted(spec.path.glob("*.json"))])
+    return digest([file_hash(p) for p in sorted(spec.path.glob("*.json"))])
 
 
 def prepare_corpus(
@@ -528,27 +367,27 @@ def prepare_corpus(
         "suffixes": sorted(suffixes),
         "shard_tokens": shard_tokens,
         "bpe_max_bytes": bpe_max_bytes if spec.kind == "bpe" else None,
-        "piece_bytes": PIECE_BYTES,
+        "piece_bytes": corpus_files.PIECE_BYTES,
         "version": VERSION,
     }
-    settings_hash = _digest(settings)
-    stat_key = _stat_key(files)
+    settings_hash = digest(settings)
+    inputs_stat = stat_key(files)
     old = _existing_manifest(root)
-    if old and old["settings_hash"] == settings_hash and old.get("inputs_stat") == stat_key:
+    if old and old["settings_hash"] == settings_hash and old.get("inputs_stat") == inputs_stat:
         return PrepareResult(root, "up-to-date", old, time.perf_counter() - t0)
-    inputs_hash = _content_key(files)
+    inputs_hash = content_key(files)
     if old and old["settings_hash"] == settings_hash and old.get("inputs_hash") == inputs_hash:
-        old["inputs_stat"] = stat_key  # touched but unchanged files: remember the new times
+        old["inputs_stat"] = inputs_stat  # touched but unchanged files: remember the new times
         write_json(root / MANIFEST, old)
         return PrepareResult(root, "up-to-date", old, time.perf_counter() - t0)
 
-    key = _digest([settings_hash, inputs_hash])
-    units, rule = _plan(files, val_fraction)
+    key = digest([settings_hash, inputs_hash])
+    units, rule = plan_units(files, val_fraction)
     tok_dir = root / TOKENIZER_DIR
     found = _resume_state(root, key)
     if found is None:
+        tok = _make_tokenizer(spec, units, bpe_max_bytes)  # before cleaning: may live in `out`
         _clean(root)
-        tok = _make_tokenizer(spec, units, bpe_max_bytes)
         tmp = root / f".{TOKENIZER_DIR}.tmp"
         tok.save(tmp)
         os.replace(tmp, tok_dir)
@@ -562,7 +401,7 @@ def prepare_corpus(
     dtype = dtype_for_vocab(tok.vocab_size)
     _tokenize(root, units, state, tok, tok_dir, dtype, workers, shard_tokens, progress)
 
-    manifest = _manifest(root, tok, dtype, settings, settings_hash, inputs_hash, stat_key)
+    manifest = _manifest(root, tok, dtype, settings, settings_hash, inputs_hash, inputs_stat)
     manifest.update(split_rule=rule, files=len(files), skipped_files=skipped)
     manifest["splits"] = _split_summaries(state["shards"])
     write_json(root / MANIFEST, manifest)
@@ -571,14 +410,16 @@ def prepare_corpus(
 
 
 def _existing_manifest(root: Path) -> dict[str, Any] | None:
+    """The folder's manifest if it is valid and its shards are all there, else None."""
     try:
-        m = load_json(root / MANIFEST)
-        return m if isinstance(m, dict) and m.get("format") == FORMAT else None
-    except (OSError, ValueError):
+        m = read_manifest(root)
+        check_shards(root, m)
+        return m
+    except ShardError:
         return None
 
 
-def _make_tokenizer(spec: TokenizerSpec, units: list[_Unit], bpe_max_bytes: int) -> Tokenizer:
+def _make_tokenizer(spec: TokenizerSpec, units: list[WorkUnit], bpe_max_bytes: int) -> Tokenizer:
     if spec.kind == "bytes":
         return BytesTokenizer()
     if spec.kind == "bpe":
@@ -597,7 +438,7 @@ def _make_tokenizer(spec: TokenizerSpec, units: list[_Unit], bpe_max_bytes: int)
 
 def _tokenize(
     root: Path,
-    units: list[_Unit],
+    units: list[WorkUnit],
     state: dict[str, Any],
     tok: Tokenizer,
     tok_dir: Path,
