@@ -145,6 +145,18 @@ def test_sequential_windows_cover_the_split_once_across_ranks(prepared):
     assert len(capped) == 2
 
 
+def test_pickling_a_stream_does_not_copy_the_shards(prepared):
+    import pickle
+
+    b = TokenShards(prepared).batches(2, T, seed=4)
+    want = b.get(3)
+    assert b.tokens._maps  # shards are mapped after a read
+    copy = pickle.loads(pickle.dumps(b))
+    assert copy.tokens._maps == {}  # re-mapped lazily in the new process, never copied
+    got = copy.get(3)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_check_vocab_and_bits_per_byte(prepared):
     shards = TokenShards(prepared)
     v = shards.vocab_size

@@ -108,15 +108,21 @@ def collect_text_files(
 
 
 def digest(obj: Any) -> str:
+    """BLAKE2b-128 of an object's canonical JSON."""
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def stat_key(files: list[tuple[Path, str]]) -> str:
-    st = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]
+    """Hash of every file's absolute path, size and modification time (the cheap no-op test)."""
+    st = []
+    for f, _ in files:
+        s = os.stat(f)
+        st.append((os.path.abspath(f), s.st_size, s.st_mtime_ns))
     return digest(st)
 
 
 def content_key(files: list[tuple[Path, str]]) -> str:
+    """Hash of every file's relative name, size and contents (machine independent)."""
     return digest([(rel, f.stat().st_size, file_hash(f)) for f, rel in files])
 
 
@@ -186,8 +192,10 @@ def plan_units(files: list[tuple[Path, str]], val_fraction: float) -> tuple[list
     for split in SPLITS:
         segs: list[Segment] = []
         for f, a, b in docs[split]:
-            with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                pieces = _pieces(mm, a, b)
+            pieces = [(a, b)]
+            if b - a > PIECE_BYTES:
+                with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    pieces = _pieces(m, a, b)
             for k, (s, e) in enumerate(pieces):
                 segs.append(Segment(str(f), s, e, first=k == 0, last=k == len(pieces) - 1))
         group: list[Segment] = []

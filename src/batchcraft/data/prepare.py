@@ -352,6 +352,8 @@ def prepare_corpus(
         A :class:`PrepareResult` (``status`` says whether anything was done).
     """
     t0 = time.perf_counter()
+    if isinstance(text, str | os.PathLike):
+        text = [text]
     spec = check_prepare_args(
         text, tokenizer, out, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens
     )

@@ -89,6 +89,10 @@ class SplitTokens:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the memory maps (a pickled memmap would copy the whole shard)."""
+        return {**self.__dict__, "_maps": {}}
+
     def _map(self, k: int) -> np.memmap:
         if k not in self._maps:
             self._maps[k] = np.memmap(self.files[k], dtype=self.dtype, mode="r")
@@ -301,7 +305,8 @@ class ShardBatches:
         """Non-overlapping windows from the split's start (evaluation), this rank's share.
 
         Window ``k`` covers tokens ``[k T, k T + T]``; rank ``r`` takes ``k = r, r + W, ...``;
-        batches hold up to ``B`` windows (the last may hold fewer).
+        batches hold up to ``B`` windows (the last may hold fewer, and ranks may differ by one
+        window).
         """
         n_win = (len(self.tokens) - 1) // self.context
         mine = list(range(self.rank, n_win, self.world_size))
