@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from batchcraft.data import corpus_files
 from batchcraft.data.manifest import ShardError
 from batchcraft.data.prepare import prepare_corpus
-from batchcraft.data.shards import TokenShards, bits_per_byte
+from batchcraft.data.shards import TokenShards, bits_per_byte, pack_batch
 from batchcraft.nn.rope import check_cu_seqlens
 
 T = 32
@@ -129,6 +130,39 @@ def test_cu_seqlens_mark_rows_and_document_starts(prepared):
             assert int(flat[c - 1]) == eos
     assert b.get(0)[1] is not None
     assert shards.batches(3, T, packed=False).get(0)[1] is None
+
+
+def test_pack_batch_masks_only_cross_document_targets(prepared):
+    b = TokenShards(prepared).batches(3, T, seed=2)
+    for step in range(10):
+        tokens, cu = b.get(step)
+        x, y, cu2 = pack_batch(tokens, cu)
+        assert x.shape == y.shape == (1, 3 * T) and cu2 is cu
+        want = tokens[:, 1:].reshape(-1).clone()
+        for c in cu[1:-1].tolist():
+            if c % T:  # a document start inside a row
+                want[c - 1] = -100
+        assert torch.equal(y[0], want) and torch.equal(x[0], tokens[:, :-1].reshape(-1))
+
+
+def test_packed_forward_equals_separate_documents(prepared):
+    """End to end: the windows' cu_seqlens make the LaCT LM reset at every boundary."""
+    from batchcraft.models import LaCTForCausalLM, lact_tiny
+
+    shards = TokenShards(prepared)
+    torch.manual_seed(0)
+    model = LaCTForCausalLM(lact_tiny(vocab_size=shards.vocab_size, chunk_size=8, window_size=8))
+    model = model.double().eval()
+    b = shards.batches(2, 48, seed=5)
+    step = next(i for i in range(100) if len(b.get(i)[1]) > 3)  # a row holds two documents
+    tokens, cu = b.get(step)
+    x, _, cu = pack_batch(tokens, cu)
+    with torch.no_grad():
+        packed = model(x, cu_seqlens=cu).logits[0]
+        bounds = cu.tolist()
+        for a, e in itertools.pairwise(bounds):
+            alone = model(x[:, a:e]).logits[0]
+            torch.testing.assert_close(packed[a:e], alone, rtol=1e-9, atol=1e-9)
 
 
 def test_sequential_windows_cover_the_split_once_across_ranks(prepared):

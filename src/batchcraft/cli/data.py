@@ -34,21 +34,22 @@ def prepare(
     shard_tokens: Annotated[int, typer.Option(help="Tokens per shard file.")] = 1 << 26,
 ) -> None:
     """Tokenize text into uint16/uint32 shards + manifest; a re-run on the same inputs is a no-op."""
+    from batchcraft.cli.errors import fail
     from batchcraft.data.prepare import check_prepare_args, prepare_corpus
     from batchcraft.utils.progress import console
 
+    # bad values raise ValueError: the CLI error layer prints one line and exits 2
+    check_prepare_args(
+        text, tokenizer, out, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens
+    )
     try:
-        check_prepare_args(
-            text, tokenizer, out, val_fraction=val_fraction, workers=workers,
-            shard_tokens=shard_tokens,
-        )  # fmt: skip
         res = prepare_corpus(
             text, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
             suffixes=tuple(suffix or ()), shard_tokens=shard_tokens,
         )  # fmt: skip
-    except (ValueError, ImportError, OSError) as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False)
-        raise typer.Exit(2) from exc
+    except ImportError as exc:  # an optional package (tokenizers, transformers) is missing
+        fail(str(exc))
+        raise  # not reached: fail() exits
     m = res.manifest
     if res.status == "up-to-date":
         console.print(

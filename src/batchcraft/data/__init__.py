@@ -4,7 +4,7 @@
   standard-library bytes), :class:`ByteBatches`, :class:`ByteTokenizer`.
 * Tokenized corpora: :func:`prepare_corpus` (text -> memory-mapped token shards), :class:`TokenShards`
   (streamed, resumable, rank-sharded windows with ``cu_seqlens``), :func:`load_tokenizer`,
-  :func:`train_bpe`, :func:`bits_per_byte`.
+  :func:`train_bpe`, :func:`bits_per_byte`, :func:`pack_batch`.
 * NVS toy: :func:`random_scene`, :func:`render_dataset`, :class:`SceneViews`.
 * CoLM: :func:`make_mixture` (synthetic instruction mixture), :func:`load_jsonl_mixture`.
 * Graphs: :func:`powerlaw_graph`, :func:`load_planetoid` (Cora/CiteSeer zips), :func:`load_hgb`,
@@ -18,7 +18,7 @@ from batchcraft.data.hgb import HGBData, hgb_split, load_hgb
 from batchcraft.data.mixture import Mixture, load_jsonl_mixture, make_mixture
 from batchcraft.data.prepare import prepare_corpus
 from batchcraft.data.scenes import SceneViews, random_scene, render_dataset
-from batchcraft.data.shards import ShardBatches, TokenShards, bits_per_byte
+from batchcraft.data.shards import ShardBatches, TokenShards, bits_per_byte, pack_batch
 from batchcraft.data.synthetic import associative_recall, copy_task
 from batchcraft.data.text import ByteBatches, ByteTokenizer, load_corpus
 from batchcraft.data.tokenizers import BytesTokenizer, load_tokenizer, train_bpe
@@ -44,6 +44,7 @@ __all__ = [
     "load_planetoid",
     "load_tokenizer",
     "make_mixture",
+    "pack_batch",
     "powerlaw_graph",
     "prepare_corpus",
     "random_scene",

@@ -69,7 +69,7 @@ from batchcraft.data.tokenizers import (
     parse_tokenizer_spec,
     train_bpe,
 )
-from batchcraft.utils.io import atomic_write, load_json, write_json
+from batchcraft.utils.io import atomic_write, check_writable_dir, load_json, write_json
 from batchcraft.utils.progress import progress_bar
 
 __all__ = ["PrepareResult", "check_prepare_args", "collect_text_files", "prepare_corpus"]
@@ -357,8 +357,7 @@ def prepare_corpus(
     spec = check_prepare_args(
         text, tokenizer, out, val_fraction=val_fraction, workers=workers, shard_tokens=shard_tokens
     )
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = check_writable_dir(out)  # proven writable before any long work
     files, skipped = collect_text_files(text, suffixes=suffixes, exclude=root)
     if not files:
         raise ValueError(f"no text files found in {[str(t) for t in text]} (skipped {skipped})")

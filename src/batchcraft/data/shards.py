@@ -6,9 +6,9 @@ Example::
     shards.check_vocab(model.config.vocab_size)       # the model must match the token ids
     train = shards.batches(8, 1024, seed=0, rank=rank, world_size=world)
     tokens, cu = train.get(step)                      # [8, 1025] int64, cu_seqlens [N + 1]
-    x = tokens[:, :-1].reshape(1, -1)                 # [1, 8 * 1024] packed inputs
+    x, y, cu = pack_batch(tokens, cu)                 # [1, 8 * 1024] inputs and targets
     logits = model(x, cu_seqlens=cu).logits           # state resets at every boundary in cu
-    y = tokens[:, 1:].reshape(-1)                     # targets
+    loss = F.cross_entropy(logits[0], y[0], ignore_index=-100)
     val_bpb = shards.bits_per_byte(val_loss_per_token)
 
 **Order.** Each epoch cuts the split into ``n = (N - o) // T`` non-overlapping windows of
@@ -40,7 +40,7 @@ from torch import Tensor
 from batchcraft.data.manifest import SPLITS, ShardError, check_shards, read_manifest
 from batchcraft.data.tokenizers import Tokenizer, load_tokenizer
 
-__all__ = ["ShardBatches", "SplitTokens", "TokenShards", "bits_per_byte"]
+__all__ = ["ShardBatches", "SplitTokens", "TokenShards", "bits_per_byte", "pack_batch"]
 
 Batch = tuple[Tensor, Tensor | None]
 
@@ -54,6 +54,29 @@ def bits_per_byte(loss_per_token: float, bytes_per_token: float) -> float:
     if not bytes_per_token > 0:
         raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token}")
     return float(loss_per_token) / math.log(2.0) / float(bytes_per_token)
+
+
+def pack_batch(tokens: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Flatten a batch of windows into the packed ``B = 1`` form the LaCT model takes.
+
+    Args:
+        tokens: ``[B, T + 1]`` windows (from :meth:`ShardBatches.get`).
+        cu_seqlens: ``[N + 1]`` boundaries of the ``B T`` flattened inputs.
+
+    Returns:
+        ``inputs [1, B T]``, ``targets [1, B T]`` and ``cu_seqlens``. A target that would be
+        predicted across a document start inside a row (the next document's first token, from
+        the previous document's end) is ``-100`` (not scored); at a row start the target stays,
+        since it is the true next token of the previous row's window.
+    """
+    b, t1 = tokens.shape
+    t = t1 - 1
+    inputs = tokens[:, :-1].reshape(1, b * t)  # [1, B T]
+    targets = tokens[:, 1:].reshape(1, b * t).clone()  # [1, B T]
+    inner = cu_seqlens[1:-1].long()
+    inner = inner[inner % t != 0]  # document starts that are not row starts
+    targets[0, inner - 1] = -100
+    return inputs, targets, cu_seqlens
 
 
 class SplitTokens:
