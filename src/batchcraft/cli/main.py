@@ -39,6 +39,7 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
         "Mini-batch selection: hard batches, CoLM coresets.",
         ["batchcraft.cli.hard_batches", "batchcraft.cli.colm"],
     ),
+    "data": ("Corpora: tokenize text into memory-mapped shards.", ["batchcraft.cli.data"]),
 }
 
 
