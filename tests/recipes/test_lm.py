@@ -344,3 +344,16 @@ def test_cli_resume_with_muon_is_refused(tmp_path):
     assert res.exit_code == 2 and "use_muon: False -> True" in res.output, res.output
     res = _invoke(*base, "--muon", "--allow-change")
     assert res.exit_code == 0, res.output
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+
+    from batchcraft.utils.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644

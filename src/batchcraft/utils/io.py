@@ -64,6 +64,7 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], obje
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             writer(f)
             f.flush()
@@ -74,6 +75,12 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], obje
             os.unlink(tmp)
         raise
     return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
