@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,6 +25,13 @@ def train(
     preset: Annotated[str, typer.Option(help="Model preset: tiny, small, 760m, 3b.")] = "tiny",
     model: Annotated[str, typer.Option(help="lact, swa (sliding-window only) or full.")] = "lact",
     text: TextOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `batchcraft data prepare` folder of token shards (instead of "
+            "--text); the model's vocabulary follows its tokenizer."
+        ),
+    ] = None,
     val_text: Annotated[
         list[Path] | None,
         typer.Option(help="Validation text (default: split off --text, see --val-fraction)."),
@@ -107,35 +114,60 @@ def train(
         activation_checkpointing=activation_checkpointing,
     )  # fmt: skip
     check_writable_dir(out)  # before reading the corpus or building the model
-    tr_c, va_c = load_text_splits(
-        text, val_text=val_text, val_fraction=val_fraction, max_bytes=max_bytes
-    )
-    tr = ByteBatches(tr_c, batch_size=batch, context=context, seed=seed)
-    va = ByteBatches(va_c, batch_size=batch, context=context, seed=seed)
-    data_meta = {
-        "text": [str(p) for p in text or []] or "stdlib",
-        "val_text": [str(p) for p in val_text or []],
-        "val_fraction": val_fraction,
-        "max_bytes": max_bytes,
-    }
     dist = init_distributed(device)
+    tokenizer = None
+    tr: Any
+    va: Any
+    if data is not None:
+        if text or val_text:
+            raise typer.BadParameter("give either --data (token shards) or --text, not both")
+        from batchcraft.data.shards import TokenShards
+
+        shards = TokenShards(data)
+        cfg = replace(cfg, vocab_size=shards.vocab_size)
+        shards.check_vocab(cfg.vocab_size)
+        if batch % dist.world_size:
+            raise typer.BadParameter(f"--batch {batch} must divide over {dist.world_size} ranks")
+        rows = batch // dist.world_size
+        tr = shards.batches(rows, context, seed=seed, rank=dist.rank, world_size=dist.world_size)
+        va = shards.batches(rows, context, split="val", seed=seed, rank=0, world_size=1)
+        tokenizer = shards.tokenizer
+        sizes = f"{shards.split('train').__len__() / 1e6:.2f}M train tokens"
+        data_meta = {"data": str(data), "manifest": shards.manifest.get("inputs_hash"),
+                     "tokenizer": shards.manifest["tokenizer"]["name"]}  # fmt: skip
+        bytes_per_token = shards.bytes_per_token("val")
+    else:
+        tr_c, va_c = load_text_splits(
+            text, val_text=val_text, val_fraction=val_fraction, max_bytes=max_bytes
+        )
+        tr = ByteBatches(tr_c, batch_size=batch, context=context, seed=seed)
+        va = ByteBatches(va_c, batch_size=batch, context=context, seed=seed)
+        sizes = f"{len(tr_c) / 1e6:.2f} MB train, {len(va_c) / 1e6:.3f} MB val"
+        data_meta = {
+            "text": [str(p) for p in text or []] or "stdlib",
+            "val_text": [str(p) for p in val_text or []],
+            "val_fraction": val_fraction,
+            "max_bytes": max_bytes,
+        }
+        bytes_per_token = 1.0
     try:
         lm = build_lm(cfg, seed, dist.device)  # DDP broadcasts rank 0's initial weights
         if dist.is_main:
             log.info(
                 f"{model} {preset}: {count_parameters(cfg) / 1e6:.2f}M params, C={c} "
-                f"W={cfg.window_size}, {len(tr_c) / 1e6:.2f} MB train, {len(va_c) / 1e6:.3f} MB val"
+                f"W={cfg.window_size}, {sizes}"
             )
         res = train_lm(
             lm, tr, s, val=va, out_dir=out, resume=resume, allow_change=allow_change,
             data_meta=data_meta, progress="lm train" if dist.is_main else None, dist=dist,
+            tokenizer=tokenizer, bytes_per_token=bytes_per_token,
         )  # fmt: skip
     finally:
         destroy_distributed()
     if dist.is_main:
         if res["final_eval"] is not None:
             fe = res["final_eval"]
-            log.info(f"val loss {fe['loss']:.4f} nats/byte, {fe['bpb']:.4f} bits/byte")
+            log.info(f"val loss {fe['loss']:.4f} nats/token, {fe['bpb']:.4f} bits/byte")
         log.info(f"checkpoint: {out / 'checkpoint'}")
 
 
@@ -166,6 +198,10 @@ def evaluate(
         list[Path] | None,
         typer.Option(help="Evaluate all of these files (default: the stdlib validation split)."),
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate the validation split of a `data prepare` folder instead."),
+    ] = None,
     context: Annotated[int, typer.Option(min=2, help="Evaluation context T.")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Windows per batch.")] = 8,
     batches: Annotated[int, typer.Option(min=1, help="Evaluation batches (at most).")] = 8,
@@ -183,11 +219,26 @@ def evaluate(
     folder = out or checkpoint.parent
     check_writable_dir(folder)
     model = load_lm(checkpoint)
-    corpus = load_corpus(text, split="all" if text else "val", max_bytes=max_bytes)
-    va = ByteBatches(corpus, batch_size=batch, context=context)
-    res = eval_lm(model, va.sequential(batches))
+    if data is not None:
+        if text:
+            raise typer.BadParameter("give either --data (token shards) or --text, not both")
+        from batchcraft.data.shards import TokenShards
+
+        shards = TokenShards(data)
+        shards.check_vocab(model.config.vocab_size)
+        va_s = shards.batches(batch, context, split="val")
+        res = eval_lm(model, va_s.sequential(batches), bytes_per_token=shards.bytes_per_token())
+    else:
+        if model.config.vocab_size != 256:
+            raise typer.BadParameter(
+                f"this model has a {model.config.vocab_size}-token vocabulary: evaluate it on "
+                "its token shards with --data (--text is byte level)"
+            )
+        corpus = load_corpus(text, split="all" if text else "val", max_bytes=max_bytes)
+        va = ByteBatches(corpus, batch_size=batch, context=context)
+        res = eval_lm(model, va.sequential(batches))
     log.info(
-        f"loss {res['loss']:.4f} nats/byte, {res['bpb']:.4f} bits/byte over {res['tokens']} bytes"
+        f"loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte over {res['tokens']} tokens"
     )
     pp = res["per_position"]
     write_text(
@@ -214,12 +265,12 @@ def generate(
     """Sample text with the constant-memory decode cache."""
     import torch
 
-    from batchcraft.data.text import ByteTokenizer
-    from batchcraft.recipes.lm import load_lm
+    from batchcraft.recipes.lm import load_lm, load_run_tokenizer
 
     model = load_lm(checkpoint)
-    tok = ByteTokenizer()
-    ids = tok.encode(prompt)[None] if prompt else torch.zeros(1, 1, dtype=torch.long)
+    tok = load_run_tokenizer(checkpoint)
+    start = tok.encode(prompt) if prompt else [tok.eos_id or 0]
+    ids = torch.tensor([start], dtype=torch.long)
     out = model.generate(
         ids, max_new_tokens, temperature=temperature,
         generator=torch.Generator().manual_seed(seed), top_k=top_k,
@@ -251,8 +302,10 @@ def export(
         if not has_transformers():
             raise typer.BadParameter("--hf needs transformers: pip install 'batchcraft[hf]'")
         from batchcraft.models.lact_hf import save_hf
+        from batchcraft.recipes.lm import load_run_tokenizer
 
         dest = save_hf(load_lm(checkpoint), out, overwrite=True)
+        load_run_tokenizer(checkpoint).save(dest)  # AutoTokenizer reads it (BPE / HF kinds)
     else:
         dest = export_lm(checkpoint, out)
     log.info(f"wrote {dest}")

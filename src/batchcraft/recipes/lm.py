@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from batchcraft.data.tokenizers import Tokenizer
 from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM, load_lact_lm
 from batchcraft.recipes.checkpoint import (
@@ -63,6 +64,7 @@ __all__ = [
     "export_lm",
     "load_lm",
     "load_lm_checkpoint",
+    "load_run_tokenizer",
     "parallelize",
     "save_lm_checkpoint",
     "to_lm_batch",
@@ -72,6 +74,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PARALLEL = ("ddp", "fsdp")
+TOKENIZER_DIR = "tokenizer"  # inside checkpoint and export folders
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +157,9 @@ class LMBatch:
 
 def to_lm_batch(x: LMBatch | Tensor | tuple[Tensor, Tensor | None]) -> LMBatch:
     """Accept what batch sources yield: an :class:`LMBatch`, a ``[B, T + 1]`` token window
-    (inputs ``x[:, :-1]``, targets ``x[:, 1:]``), or ``(window, cu_seqlens)``."""
+    (inputs ``x[:, :-1]``, targets ``x[:, 1:]``), or ``(windows, cu_seqlens)`` of packed
+    documents, which becomes one ``B = 1`` row with document boundaries (the fast-weight state
+    and attention reset at every document; see :func:`batchcraft.data.shards.pack_batch`)."""
     if isinstance(x, LMBatch):
         return x
     cu = None
@@ -162,7 +167,12 @@ def to_lm_batch(x: LMBatch | Tensor | tuple[Tensor, Tensor | None]) -> LMBatch:
         x, cu = x
     if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] < 2:
         raise TypeError("a batch must be an LMBatch or a [B, T + 1] tensor of token ids")
-    return LMBatch(x[:, :-1], x[:, 1:], cu)
+    if cu is None:
+        return LMBatch(x[:, :-1], x[:, 1:])
+    from batchcraft.data.shards import pack_batch
+
+    inputs, targets, cu = pack_batch(x, cu)
+    return LMBatch(inputs, targets, cu)
 
 
 class BatchSource(Protocol):
@@ -171,7 +181,10 @@ class BatchSource(Protocol):
     batch_size: int
     context: int
 
-    def get(self, step: int) -> Any: ...
+    def get(self, step: int) -> Any:
+        """Batch ``step``: the global batch, or this rank's rows when the source has a
+        ``world_size`` attribute > 1 (it splits the global batch itself)."""
+        ...
 
     def sequential(self, max_batches: int | None = None) -> Iterable[Any]: ...
 
@@ -277,6 +290,7 @@ def _save_checkpoint(
     history: list[dict[str, Any]],
     dist: DistInfo,
     meta: Mapping[str, Any],
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Every rank calls this: shards via DCP, then rank 0 seals and swaps the folder."""
     import torch.distributed as tdist
@@ -293,6 +307,8 @@ def _save_checkpoint(
     barrier()
     if dist.is_main:
         write_json(tmp / "config.json", model.config.to_dict())
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_DIR)
         save_checkpoint(
             tmp / "train_state.safetensors",
             {"step": step, "optimizer": skeleton, "history": history,
@@ -329,7 +345,9 @@ def export_lm(checkpoint: str | Path, out: str | Path) -> Path:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"))
         write_json(folder / "config.json", model.config.to_dict())
+        tokenizer.save(folder / TOKENIZER_DIR)
 
+    tokenizer = load_run_tokenizer(checkpoint)
     return write_dir_atomic(dest, fill, meta={"format": FORMAT_VERSION, "recipe": "lm-export"})
 
 
@@ -368,6 +386,17 @@ def load_lm(path: str | Path, map_location: str | torch.device = "cpu") -> LaCTF
     model = LaCTForCausalLM(cfg)
     load_model_state(folder, model)
     return model.to(map_location).eval()
+
+
+def load_run_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer a checkpoint (or exported folder) was trained with: its ``tokenizer/``
+    folder, else bytes."""
+    from batchcraft.data.tokenizers import BytesTokenizer, load_tokenizer
+
+    folder = _checkpoint_folder(Path(path))
+    if (folder / TOKENIZER_DIR).is_dir():
+        return load_tokenizer(folder / TOKENIZER_DIR)
+    return BytesTokenizer()
 
 
 def load_lm_checkpoint(
@@ -454,6 +483,8 @@ def train_lm(
     progress: str | None = None,
     stop_after: int | None = None,
     dist: DistInfo | None = None,
+    tokenizer: Tokenizer | None = None,
+    bytes_per_token: float = 1.0,
 ) -> dict[str, Any]:
     """Train ``model`` for ``s.steps`` steps on ``train`` batches.
 
@@ -471,6 +502,9 @@ def train_lm(
         progress: show a progress display with this description.
         stop_after: stop (and checkpoint) after this global step, as if interrupted.
         dist: this rank (default: from the initialised process group, if any).
+        tokenizer: saved into the checkpoint (``tokenizer/``) for ``lm generate``/``export``;
+            ``None``: bytes.
+        bytes_per_token: text bytes per token of the validation data (bits per byte).
 
     Returns:
         ``{"history": [...], "final_eval": {...} | None, "step": last step}``.
@@ -503,12 +537,19 @@ def train_lm(
     end = s.steps if stop_after is None else min(s.steps, stop_after)
     evaluate_every = s.eval_every if val is not None else 0
     rows = s.batch_size // dist.world_size  # this rank's rows of every global batch
+    source_world = int(getattr(train, "world_size", 1))
+    rank_local = source_world > 1
+    if rank_local and (source_world != dist.world_size or train.batch_size != rows):
+        raise ValueError(
+            f"the batch source splits over {source_world} ranks x {train.batch_size} rows, "
+            f"but the job has {dist.world_size} ranks x {rows} rows"
+        )
 
     def save(step: int) -> None:
         if session.ckpt_dir is not None:
             meta = session.manifest_meta()
             _save_checkpoint(session.ckpt_dir, model, opt, step=step, history=history,
-                             dist=dist, meta=meta)  # fmt: skip
+                             dist=dist, meta=meta, tokenizer=tokenizer)  # fmt: skip
 
     with isolated_rng(), progress_bar(s.steps if progress else None, progress or "") as bar:
         if progress and start:
@@ -516,17 +557,23 @@ def train_lm(
         for step in range(start, end):
             t0 = time.perf_counter()
             step_seed(s.seed, step, dist.rank)
-            full = to_lm_batch(train.get(step))
-            sl = slice(dist.rank * rows, (dist.rank + 1) * rows)
-            cu = full.cu_seqlens if dist.world_size == 1 else None
-            if full.cu_seqlens is not None and dist.world_size > 1:
-                raise ValueError("packed batches (cu_seqlens) are not split across ranks yet")
-            batch = LMBatch(full.inputs[sl], full.targets[sl], cu).to(dist.device)
+            raw = train.get(step)
+            if dist.distributed and not rank_local:  # this rank's rows of the global batch
+                if isinstance(raw, tuple) or (
+                    isinstance(raw, LMBatch) and raw.cu_seqlens is not None
+                ):
+                    raise ValueError("a packed source must split batches over ranks itself")
+                full = to_lm_batch(raw)
+                sl = slice(dist.rank * rows, (dist.rank + 1) * rows)
+                batch = LMBatch(full.inputs[sl], full.targets[sl])
+            else:
+                batch = to_lm_batch(raw)
+            batch = batch.to(dist.device)
             loss = train_step(runner, opt, batch, schedule.lr_at(step), s.grad_clip)
             if dist.distributed:
                 loss = all_reduce_sum([loss], dist.device)[0] / dist.world_size
             dt = time.perf_counter() - t0
-            tps = full.inputs.numel() / max(dt, 1e-9)
+            tps = dist.world_size * int((batch.targets != IGNORE_INDEX).sum()) / max(dt, 1e-9)
             rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
             if evaluate_every and (step + 1) % evaluate_every == 0:
                 assert val is not None
@@ -542,7 +589,7 @@ def train_lm(
     save(last)
     final = None
     if val is not None and last == s.steps:
-        final = evaluate(model, val.sequential(s.eval_batches))
+        final = evaluate(model, val.sequential(s.eval_batches), bytes_per_token=bytes_per_token)
     res = {"history": history, "final_eval": final, "step": last}
     session.write_json("history.json", {**res, "settings": session.settings})
     return res
