@@ -50,7 +50,7 @@ def _sizes(quick: bool) -> dict[str, int]:
 def _setup(d: int, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Synthetic mixture and a tiny LM with LoRA (r = 8) on q, k, v, o; base frozen."""
     from batchcraft.data.mixture import make_mixture
-    from batchcraft.selection.colm.tiny_lm import TinyLM, TinyLMConfig, apply_lora
+    from batchcraft.models.tiny_lm import TinyLM, TinyLMConfig, apply_lora
 
     # the default 500:1 sizes scaled down 10x (2000 ... 4): same pool composition, fast to build
     mix = make_mixture((2000, 800, 300, 100, 40, 15, 8, 4), seed=0, eval_size=1)

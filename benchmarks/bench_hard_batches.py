@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
 from batchcraft.registry import register_benchmark
 from batchcraft.selection.hard import FixedBatchSampler, fixed_partition, num_selected, select_hard
-from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
 from batchcraft.utils.bench import copy_bandwidth_gbs, print_table, timeit, write_result
 
 

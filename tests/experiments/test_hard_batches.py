@@ -10,13 +10,13 @@ import torch
 from batchcraft.data.images import hard_mixture
 from batchcraft.experiments.hard_batches import (
     ARMS,
-    SmallResNet,
     _ci,
     _steps_to,
     compare_arms,
     reshuffled_loop,
     train_arm,
 )
+from batchcraft.models.small import SmallResNet
 from batchcraft.registry import experiments
 
 

@@ -62,3 +62,21 @@ def test_nvs_kill9_resume_is_bit_identical(tmp_path):
     a = load_file(tmp_path / "ref" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "k" / "checkpoint" / "model.safetensors")
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_hard_batches_kill9_resume_is_bit_identical(tmp_path):
+    from batchcraft.utils.io import load_checkpoint
+
+    def args(out):
+        return ["selection", "hard-batches", "--dataset", "mixture", "--delta", "0.5",
+                "--epochs", "3", "--out", str(out)]  # fmt: skip
+
+    _run(args(tmp_path / "ref"))
+    run_killed_then_resumed(
+        args(tmp_path / "k"), tmp_path / "k" / "checkpoint" / "manifest.json",
+        reached=lambda m: _step(m) >= 62, seed=5,
+    )  # fmt: skip
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint" / "state.safetensors")
+    b = load_checkpoint(tmp_path / "k" / "checkpoint" / "state.safetensors")
+    assert a["log"]["batch_ids"] == b["log"]["batch_ids"]
+    assert all(bool((a["model"][k] == b["model"][k]).all()) for k in a["model"])

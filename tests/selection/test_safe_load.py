@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
+from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
 
 
 class _Payload:
@@ -30,13 +30,13 @@ def crafted(tmp_path: Path, name: str = "evil.pt") -> tuple[Path, Path]:
     return path, canary
 
 
-def _run(checkpoint: Path, epochs: float = 1):
+def _run(out_dir: Path, epochs: float = 1):
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ds = TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,)))
     return train_high_loss(model, supervised_loss(), opt, ds, batch_size=4, delta=0.5,
-                           epochs=epochs, checkpoint=checkpoint)  # fmt: skip
+                           epochs=epochs, out_dir=out_dir)  # fmt: skip
 
 
 def test_payload_is_real_under_an_unsafe_load(tmp_path):
@@ -47,17 +47,35 @@ def test_payload_is_real_under_an_unsafe_load(tmp_path):
     assert canary.exists()
 
 
+def _swap_state(out: Path, data: bytes) -> None:
+    """Replace the run's state file (and its manifest size, so only its content is wrong)."""
+    import json
+
+    ck = out / "checkpoint"
+    (ck / "state.safetensors").write_bytes(data)
+    manifest = json.loads((ck / "manifest.json").read_text())
+    manifest["files"]["state.safetensors"] = len(data)
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_train_high_loss_refuses_a_crafted_checkpoint(tmp_path):
-    path, canary = crafted(tmp_path, "run.pt")
+    out = tmp_path / "run"
+    _run(out)
+    path, canary = crafted(tmp_path, "evil.pt")
+    _swap_state(out, path.read_bytes())
     with pytest.raises(ValueError, match="not a readable batchcraft checkpoint"):
-        _run(path)
+        _run(out)
     assert not canary.exists()
 
 
 def test_train_high_loss_refuses_a_truncated_checkpoint(tmp_path):
-    path = tmp_path / "run.ckpt"
-    _run(path, epochs=1)  # writes a valid checkpoint, then resumes from it unchanged
-    assert _run(path, epochs=1).steps_done == 4
-    path.write_bytes(path.read_bytes()[:200])
+    out = tmp_path / "run"
+    _run(out, epochs=1)  # writes a valid checkpoint, then resumes from it unchanged
+    assert _run(out, epochs=1).steps_done == 4
+    good = (out / "checkpoint" / "state.safetensors").read_bytes()
+    (out / "checkpoint" / "state.safetensors").write_bytes(good[:200])  # manifest size now wrong
+    with pytest.raises(ValueError, match="incomplete or damaged"):
+        _run(out)
+    _swap_state(out, good[:200])
     with pytest.raises(ValueError, match="not a readable batchcraft checkpoint"):
-        _run(path)
+        _run(out)

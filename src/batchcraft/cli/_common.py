@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["finite", "output_file", "positive", "probability"]
+__all__ = ["finite", "output_file", "positive", "probability", "unit_fraction"]
 
 
 def finite(value: float | None) -> float | None:
@@ -28,6 +28,13 @@ def probability(value: float | None) -> float | None:
     """A float in the open interval (0, 1)."""
     if value is not None and not (0.0 < value < 1.0):
         raise typer.BadParameter(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def unit_fraction(value: float | None) -> float | None:
+    """A float in the half-open interval (0, 1]."""
+    if value is not None and not (0.0 < value <= 1.0):
+        raise typer.BadParameter(f"must lie in (0, 1], got {value}")
     return value
 
 

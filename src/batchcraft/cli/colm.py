@@ -36,7 +36,8 @@ def colm(
     from rich.table import Table
 
     from batchcraft.data.mixture import load_jsonl_mixture, make_mixture
-    from batchcraft.selection.colm.arms import ARMS, train_arm
+    from batchcraft.recipes.colm import train_arm
+    from batchcraft.selection.colm.arms import ARMS
     from batchcraft.utils.progress import console
 
     if arm not in ARMS:

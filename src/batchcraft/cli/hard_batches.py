@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from batchcraft.cli._common import positive, unit_fraction
+
 __all__ = ["register"]
 
 
@@ -18,19 +20,26 @@ def hard_batches(
         ),
     ] = "auto",
     delta: Annotated[
-        float, typer.Option(help="Fraction of batches retrained per round, in (0, 1].")
+        float,
+        typer.Option(
+            callback=unit_fraction, help="Fraction of batches retrained per round, in (0, 1]."
+        ),
     ] = 0.5,
     epochs: Annotated[
-        float, typer.Option(help="Step budget in 'epochs' of b optimizer steps.")
+        float,
+        typer.Option(callback=positive, help="Step budget in 'epochs' of b optimizer steps."),
     ] = 3.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Mini-batch size m.")] = 64,
-    lr: Annotated[float, typer.Option(help="SGD learning rate (momentum 0.9).")] = 0.05,
+    lr: Annotated[
+        float, typer.Option(callback=positive, help="SGD learning rate (momentum 0.9).")
+    ] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of the partition and the initial weights.")] = 0,
     selector: Annotated[
         str, typer.Option(help="hard (the method) | random (the control).")
     ] = "hard",
     refresh_every: Annotated[
-        int | None, typer.Option(help="Re-score all batches (no-grad) every R selections.")
+        int | None,
+        typer.Option(min=1, help="Re-score all batches (no-grad) every R selections."),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     full: Annotated[
@@ -39,53 +48,57 @@ def hard_batches(
     threads: Annotated[
         int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")
     ] = 0,
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint file; an existing one is resumed from.")
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (checkpoint/ inside; resumed from).")
     ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = True,
+    allow_change: Annotated[
+        bool, typer.Option(help="Resume even though settings differ from the checkpoint's.")
+    ] = False,
 ) -> None:
     """Train a small ResNet-style CNN with hard batches; prints test accuracy per 'epoch' (b steps)."""
     import torch
 
-    from batchcraft.experiments.hard_batches import SmallResNet, _accuracy, load_split
+    from batchcraft.experiments.hard_batches import _accuracy, load_split
+    from batchcraft.models.small import SmallResNet
+    from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
+    from batchcraft.recipes.seeding import seeded
     from batchcraft.selection.hard import num_training_steps
-    from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
+    from batchcraft.utils.io import check_writable_dir
     from batchcraft.utils.progress import console
 
+    if selector not in ("hard", "random"):
+        raise typer.BadParameter(f"--selector must be hard or random, got {selector!r}")
     if threads:
         torch.set_num_threads(threads)
-    try:
-        split = load_split(dataset, quick=not full, seed=seed)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    torch.manual_seed(seed)
-    if split.x_train.dim() == 2:
-        model = SmallResNet(classes=split.num_classes, features=split.x_train.shape[1])
-    else:
-        model = SmallResNet(in_channels=split.x_train.shape[1], classes=split.num_classes, width=8)
+    if out is not None:
+        check_writable_dir(out)
+    split = load_split(dataset, quick=not full, seed=seed)
+    with seeded(seed):
+        if split.x_train.dim() == 2:
+            model = SmallResNet(classes=split.num_classes, features=split.x_train.shape[1])
+        else:
+            model = SmallResNet(
+                in_channels=split.x_train.shape[1], classes=split.num_classes, width=8
+            )
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    try:
-        steps = num_training_steps(split.x_train.shape[0], batch_size, epochs)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    steps = num_training_steps(split.x_train.shape[0], batch_size, epochs)
     b = split.x_train.shape[0] // batch_size
     console.print(
         f"{split.name}: {split.x_train.shape[0]} train / {split.x_test.shape[0]} test, b={b} fixed "
         f"batches of {batch_size}; one 'epoch' = {b} optimizer steps, {steps} steps in total",
         highlight=False,
     )
-    try:
-        log = train_high_loss(
-            model, supervised_loss(), opt, split.train_dataset(), batch_size=batch_size,
-            delta=delta, epochs=epochs, generator=torch.Generator().manual_seed(seed),
-            eval_fn=lambda m: _accuracy(m, split.x_test, split.y_test), selector=selector,
-            refresh_every=refresh_every, checkpoint=checkpoint, progress=True,
-            loader_kwargs={"num_workers": workers} if workers else None,
-        )  # fmt: skip
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    meta = {"data": {"dataset": split.name, "full": full, "seed": seed},
+            "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9}}  # fmt: skip
+    log = train_high_loss(
+        model, supervised_loss(), opt, split.train_dataset(), batch_size=batch_size,
+        delta=delta, epochs=epochs, generator=torch.Generator().manual_seed(seed),
+        eval_fn=lambda m: _accuracy(m, split.x_test, split.y_test), selector=selector,
+        refresh_every=refresh_every, out_dir=out, resume=resume, allow_change=allow_change,
+        settings_meta=meta, progress=True,
+        loader_kwargs={"num_workers": workers} if workers else None,
+    )  # fmt: skip
     for step, acc in log.evals:
         console.print(
             f"step {step:6d} (epoch {step / b:5.2f}): test accuracy {100 * acc:.2f}%",

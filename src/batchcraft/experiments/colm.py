@@ -37,7 +37,7 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 def train_arm(name: str, seed: int, mix: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Train one arm from a seed-fixed init; return per-source eval and timings."""
-    from batchcraft.selection.colm.arms import train_arm as run
+    from batchcraft.recipes.colm import train_arm as run
 
     return run(
         name,

@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from batchcraft.data.images import ImageSplit, find_fashion_mnist, hard_mixture
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric, Verdict
+from batchcraft.models.small import SmallResNet
+from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
 from batchcraft.registry import register_experiment
 from batchcraft.selection.baselines import SelectiveBackprop
 from batchcraft.selection.hard import num_training_steps
-from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
 
 __all__ = [
     "Comparison",
@@ -52,53 +53,6 @@ ARMS = [
 # reshuffled) and the usual epoch-shuffled DataLoader. Hard batches are judged against the stronger.
 STANDARD = ("plain (δ=1)", "reshuffled loop")
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(cout)
-        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(cout)
-        self.skip = (
-            nn.Identity()
-            if stride == 1 and cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.skip(x))
-
-
-class SmallResNet(nn.Module):
-    """Stem conv + two residual stages (``width``, ``2*width``) + global pool + linear.
-
-    ``x: [B, C, H, W]`` -> logits ``[B, classes]``; any ``H, W >= 2``. With ``features`` set the
-    input is a flat ``[B, F]`` vector and the net is a 2-layer MLP instead (synthetic data).
-    """
-
-    def __init__(self, in_channels: int = 1, classes: int = 10, width: int = 16,
-                 features: int | None = None) -> None:  # fmt: skip
-        super().__init__()
-        if features is not None:
-            self.net: nn.Module = nn.Sequential(
-                nn.Linear(features, 8 * width), nn.ReLU(), nn.Linear(8 * width, classes)
-            )
-            return
-        self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            _Block(width, width, 1),
-            _Block(width, 2 * width, 2),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(2 * width, classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 def load_split(name: str = "auto", *, quick: bool = True, seed: int = 0) -> ImageSplit:

@@ -3,6 +3,7 @@
 * :class:`SmallCNN`: two conv-ReLU-pool stages and a linear head (Adan on images).
 * :class:`ByteTransformerLM`: a pre-norm causal Transformer over bytes (Adan on text).
 * :class:`RNNReadout`: an LSTM/GRU (layer-normalised or not) with a linear read-out (LayerNorm).
+* :class:`SmallResNet`: a stem and two residual stages with BatchNorm (hard batches).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
 
-__all__ = ["ByteTransformerLM", "RNNReadout", "SmallCNN"]
+__all__ = ["ByteTransformerLM", "RNNReadout", "SmallCNN", "SmallResNet"]
 
 
 class SmallCNN(nn.Module):
@@ -77,3 +78,50 @@ class RNNReadout(nn.Module):
         """Logits at every step ``[B, T, out]`` or at the last one ``[B, out]``."""
         h = self.rnn(self.embed(x) if self.embed is not None else x)[0]  # [B, T, H]
         return self.head(h if every_step else h[:, -1])
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem conv + two residual stages (``width``, ``2*width``) + global pool + linear.
+
+    ``x: [B, C, H, W]`` -> logits ``[B, classes]``; any ``H, W >= 2``. With ``features`` set the
+    input is a flat ``[B, F]`` vector and the net is a 2-layer MLP instead (synthetic data).
+    """
+
+    def __init__(self, in_channels: int = 1, classes: int = 10, width: int = 16,
+                 features: int | None = None) -> None:  # fmt: skip
+        super().__init__()
+        if features is not None:
+            self.net: nn.Module = nn.Sequential(
+                nn.Linear(features, 8 * width), nn.ReLU(), nn.Linear(8 * width, classes)
+            )
+            return
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            _Block(width, width, 1),
+            _Block(width, 2 * width, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(2 * width, classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

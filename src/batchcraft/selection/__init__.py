@@ -1,4 +1,6 @@
-"""batchcraft.selection."""
+"""Which examples or batches to train on: hard batches (the schedule, sampler and baselines) and
+CoLM coresets. The training loops that use them are recipes (:mod:`batchcraft.recipes.hard_batches`,
+:mod:`batchcraft.recipes.colm`)."""
 
 # CoLM coresets (issue 7): a sub-package, reached as batchcraft.selection.colm
 from batchcraft.selection import colm
@@ -17,11 +19,9 @@ from batchcraft.selection.hard import (
     select_hard,
     select_random,
 )
-from batchcraft.selection.hard_loop import HighLossLog, supervised_loss, train_high_loss
 
 __all__ = [
     "FixedBatchSampler",
-    "HighLossLog",
     "HighLossSchedule",
     "OnlineBatchSelectionSampler",
     "SelectiveBackprop",
@@ -32,7 +32,5 @@ __all__ = [
     "reducible_loss_select",
     "select_hard",
     "select_random",
-    "supervised_loss",
     "topk_in_batch_loss",
-    "train_high_loss",
 ]

@@ -14,7 +14,7 @@ until the optimizer-step budget ``S`` (the same as plain training) is spent, pos
 
 Shapes: ``b`` batches, ``m`` batch size, ``K`` selected batches per round.
 
-The training loop that drives this schedule lives in :mod:`batchcraft.selection.hard_loop`.
+The training loop that drives this schedule lives in :mod:`batchcraft.recipes.hard_batches`.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def num_training_steps(num_samples: int, batch_size: int, epochs: float) -> int:
         epochs: ``E > 0``, in units of ``b`` steps (fractions allowed).
 
     Returns:
-        The number of optimizer steps :func:`~batchcraft.selection.train_high_loss` takes.
+        The number of optimizer steps :func:`~batchcraft.recipes.hard_batches.train_high_loss` takes.
     """
     if num_samples < 1:
         raise ValueError(f"the dataset is empty (num_samples={num_samples}); nothing to train on")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from batchcraft.data.mixture import make_mixture
+from batchcraft.models.tiny_lm import TinyLM, TinyLMConfig, apply_lora
+from batchcraft.recipes.colm import ColmTrainer
 from batchcraft.selection.colm import (
     CoLMSelector,
-    ColmTrainer,
     ExactGradProbe,
     GradNormProbe,
     HiddenProbe,
@@ -18,7 +19,6 @@ from batchcraft.selection.colm import (
     per_example_lm_loss,
     subset_batch,
 )
-from batchcraft.selection.colm.tiny_lm import TinyLM, TinyLMConfig, apply_lora
 
 P = "blocks.1.attn.v.lora_B"
 

@@ -41,19 +41,16 @@ from batchcraft.selection.colm.select import (
     colm_select,
     subset_batch,
 )
-from batchcraft.selection.colm.train import ColmTrainer, TrainStats
 
 __all__ = [
     "AdamFeatureNormalizer",
     "CoLMSelector",
     "ColmSelection",
-    "ColmTrainer",
     "ExactGradProbe",
     "FeatureProbe",
     "GradNormProbe",
     "HiddenProbe",
     "LossProbe",
-    "TrainStats",
     "ZOProbe",
     "cluster_weights",
     "colm_select",

@@ -6,16 +6,14 @@ Shared by the ``colm`` experiment and benchmark so both run exactly the same rec
            colm-multi | colm-exact | colm-no-keep | colm-no-adam | loss-select | gradnorm-select
 
 Each arm is a pool size and an optional :class:`CoLMSelector` (plus static source weights for
-``upsample-small``); training is :class:`ColmTrainer` in every case.
+``upsample-small``); training is :class:`batchcraft.recipes.colm.ColmTrainer` in every case
+(:func:`batchcraft.recipes.colm.train_arm`).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +29,7 @@ from batchcraft.selection.colm.probes import (
 )
 from batchcraft.selection.colm.select import CoLMSelector
 
-__all__ = ["ARMS", "ArmSetup", "evaluate_sources", "make_arm", "train_arm"]
+__all__ = ["ARMS", "ArmSetup", "evaluate_sources", "make_arm"]
 
 ARMS = (
     "random-b",
@@ -162,82 +160,3 @@ def evaluate_sources(
         out[q] = (float(torch.cat(losses).mean()), float(torch.cat(hits).mean()))
     model.train(was)
     return out
-
-
-def train_arm(
-    name: str,
-    mix: Any,
-    *,
-    steps: int,
-    b: int,
-    big: int,
-    d_model: int = 48,
-    h: int | None = 256,
-    directions: int = 8,
-    seed: int = 0,
-    lr: float = 3e-3,
-) -> dict[str, Any]:
-    """Train a fresh tiny LM (all parameters, seed-fixed init) with arm ``name``; evaluate.
-
-    AdamW (``lr``, no weight decay), 3 % warm-up then cosine, grad clip 1.0; the probed matrix is
-    the last block's V projection; zeroth-order probes use the prefix/suffix split.
-
-    Args:
-        name: one of :data:`ARMS`.
-        mix: a :class:`~batchcraft.data.mixture.Mixture`.
-        steps: optimizer steps (the same for every arm).
-        b, big: coreset size and pool size.
-        d_model: model width.
-        h, directions, seed: see :func:`make_arm`.
-        lr: peak learning rate.
-
-    Returns:
-        ``eval`` (per source: loss, exact match), median ``select_s`` / ``train_s`` per step,
-        ``small_frac`` (mean fraction of small-source examples in the trained batches).
-    """
-    from batchcraft.selection.colm.tiny_lm import TinyLM, TinyLMConfig
-    from batchcraft.selection.colm.train import ColmTrainer
-
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    cfg = TinyLMConfig(vocab_size=mix.tokenizer.vocab_size, d_model=d_model, n_heads=4, max_len=48)
-    model = TinyLM(cfg, generator=torch.Generator().manual_seed(seed))
-    last = f"blocks.{cfg.n_layers - 1}"
-    arm = make_arm(
-        name,
-        model,
-        f"{last}.attn.v.weight",
-        b=b,
-        big=big,
-        counts=mix.counts,
-        h=h,
-        directions=directions,
-        seed=seed,
-        split_at=last,
-        tail=("ln_f", "head"),
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warm = max(1, int(0.03 * steps))
-
-    def schedule(s: int) -> float:
-        return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    trainer = ColmTrainer(
-        model, opt, arm.selector, source_weights=arm.source_weights, scheduler=sched
-    )
-    gen = torch.Generator().manual_seed(1_000 + seed)
-    small = small_sources_from_counts(mix.counts)
-    sel_t, train_t, small_frac = [], [], []
-    for _ in range(steps):
-        st = trainer.step(mix.sample_pool(arm.pool, generator=gen))
-        sel_t.append(st.select_s)
-        train_t.append(st.train_s)
-        src = st.sources.tolist() if st.sources is not None else []
-        small_frac.append(sum(int(q) in small for q in src) / st.size)
-    return {
-        "eval": evaluate_sources(model, mix.eval),
-        "select_s": statistics.median(sel_t),
-        "train_s": statistics.median(train_t),
-        "small_frac": statistics.fmean(small_frac),
-    }

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
 from batchcraft.selection.hard import FixedBatchSampler, fixed_partition
-from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
 
 
 @pytest.fixture(autouse=True)
@@ -188,15 +188,15 @@ def test_eval_fn_runs_in_eval_mode_each_epoch():
 )
 def test_checkpoint_resume_is_identical(tmp_path, opts):
     full, lfull, _ = run(0.3, epochs=4, **opts)
-    ckpt = tmp_path / "run.pt"
+    ckpt = tmp_path / "run"
 
     def stop(log):
         if log.rounds == 3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(0.3, epochs=4, checkpoint=ckpt, on_round_end=stop, **opts)
-    resumed, lres, _ = run(0.3, epochs=4, checkpoint=ckpt, **opts)
+        run(0.3, epochs=4, out_dir=ckpt, on_round_end=stop, **opts)
+    resumed, lres, _ = run(0.3, epochs=4, out_dir=ckpt, **opts)
     assert lres.batch_ids == lfull.batch_ids
     assert_bitwise(resumed, full)
 
@@ -216,7 +216,7 @@ _DDP_WORKER = """
 import sys, torch, torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
-from batchcraft.selection.hard_loop import supervised_loss, train_high_loss
+from batchcraft.recipes.hard_batches import supervised_loss, train_high_loss
 
 rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)

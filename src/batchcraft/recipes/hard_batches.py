@@ -1,4 +1,4 @@
-"""Training loops for high-loss mini-batch training: the fast sampler path and the reference loop.
+"""Recipe: high-loss mini-batch training, the fast sampler path and the reference loop.
 
 :func:`train_high_loss` drives a :class:`~batchcraft.selection.hard.HighLossSchedule` with one
 ``DataLoader(dataset, batch_sampler=FixedBatchSampler(P, ids))`` per round, so only the selected
@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from batchcraft.recipes.dist import dist_info
+from batchcraft.recipes.seeding import isolated_rng, step_seed
+from batchcraft.recipes.session import TrainSession
 from batchcraft.selection.hard import (
     FixedBatchSampler,
     HighLossSchedule,
@@ -30,6 +33,7 @@ from batchcraft.selection.hard import (
     num_selected,
     num_training_steps,
 )
+from batchcraft.utils.io import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = ["HighLossLog", "score_batches", "supervised_loss", "train_high_loss"]
 
@@ -175,7 +179,10 @@ def train_high_loss(
     refresh_every: int | None = None,
     reshuffle: bool = False,
     device: torch.device | None = None,
-    checkpoint: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    allow_change: bool = False,
+    settings_meta: Mapping[str, Any] | None = None,
     checkpoint_every: int = 1,
     on_round_end: Callable[[HighLossLog], None] | None = None,
     progress: bool = False,
@@ -194,7 +201,9 @@ def train_high_loss(
             before the run from :func:`~batchcraft.selection.hard.num_training_steps` to size a
             learning-rate schedule.
         generator: RNG of the partition (and of the random control / reshuffles); a private
-            ``torch.Generator().manual_seed(0)`` when omitted.
+            ``torch.Generator().manual_seed(0)`` when omitted. Its seed also reseeds the
+            (forked) global RNG before every step, so dropout masks are a function of the step
+            and a resumed run repeats the uninterrupted one exactly.
         eval_fn: ``eval_fn(model) -> float`` run in eval mode under ``no_grad``.
         eval_every: steps between evaluations (default ``b``, one "epoch").
         loader_kwargs: extra ``DataLoader`` arguments (``num_workers``, ``collate_fn``...).
@@ -205,8 +214,14 @@ def train_high_loss(
         reshuffle: re-draw the partition at the start of every round (an ablation; batch scores
             then describe batches whose contents have changed).
         device: move batches there before ``loss_fn``.
-        checkpoint: file saved atomically every ``checkpoint_every`` rounds and at the end;
-            an existing one is resumed from (same configuration required).
+        out_dir: run folder: ``out_dir/checkpoint`` is written atomically every
+            ``checkpoint_every`` rounds and at the end, and resumed from when ``resume``.
+        resume: continue from ``out_dir/checkpoint`` when one exists; a resume whose settings
+            (this function's arguments and ``settings_meta``) differ is refused unless
+            ``allow_change``.
+        allow_change: resume even though settings differ.
+        settings_meta: what else defines the run for the resume guard (model, optimizer
+            hyper-parameters, data), JSON-able.
         on_round_end: called with the log after each round (and its checkpoint).
         progress: show a progress bar.
 
@@ -227,10 +242,9 @@ def train_high_loss(
     log = HighLossLog(b, batch_size, float(delta), steps)
     eval_every = eval_every or b
     if naive:
-        if selector != "hard" or refresh_every is not None or reshuffle or checkpoint is not None:
+        if selector != "hard" or refresh_every is not None or reshuffle or out_dir is not None:
             raise ValueError(
-                "naive=True is the reference loop: hard selection, no refresh, "
-                "reshuffle or checkpoint"
+                "naive=True is the reference loop: hard selection, no refresh, reshuffle or out_dir"
             )
         return _naive_loop(
             model,
@@ -260,25 +274,46 @@ def train_high_loss(
         sync=world > 1,
     )
     part_round = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        from batchcraft.utils.io import load_checkpoint  # safetensors + JSON: never unpickles
-
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
+    settings = {
+        "train": {"batch_size": batch_size, "delta": float(delta), "epochs": float(epochs),
+                  "selector": selector, "refresh_every": refresh_every, "reshuffle": reshuffle,
+                  "shuffle": shuffle, "num_samples": len(dataset)},  # type: ignore[arg-type]
+        **dict(settings_meta or {}),
+    }  # fmt: skip
+    session = TrainSession(
+        "hard-batches", out_dir, settings=settings, resume=resume, allow_change=allow_change,
+        budget_field=None, dist=dist_info("cpu"),
+    )  # fmt: skip
+    folder, _ = session.begin()
+    if folder is not None:
+        state = load_checkpoint(folder / "state.safetensors")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{folder} does not fit this model/optimizer: {exc}") from None
         sched.load_state_dict(state["schedule"])
         partition, part_round = state["partition"], state["partition_round"]
         gen.set_state(state["generator"])
         log = HighLossLog(**{**state["log"], "evals": [tuple(e) for e in state["log"]["evals"]]})
 
+    def save() -> None:
+        snapshot = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "schedule": sched.state_dict(), "partition": partition,
+            "partition_round": part_round, "generator": gen.get_state(), "log": asdict(log),
+        }  # fmt: skip
+        session.save(log.steps_done, lambda f: save_checkpoint(f / "state.safetensors", snapshot))
+
     from batchcraft.utils.progress import progress_bar
 
     rounds_it = sched.rounds()
     desc = f"hard batches (delta={delta}, epoch = {b} steps)"
-    with progress_bar(steps, desc) if progress else nullcontext(None) as bar:
+    base_seed = gen.initial_seed()
+    with isolated_rng(), progress_bar(steps, desc) if progress else nullcontext(None) as bar:
         if bar is not None and log.steps_done:
             bar.advance(log.steps_done)
         while True:
@@ -296,6 +331,7 @@ def train_high_loss(
             loader = DataLoader(dataset, batch_sampler=sampler, **(loader_kwargs or {}))
             for i, batch in zip(ids.tolist(), _timed(iter(loader), log), strict=True):
                 t1 = time.perf_counter()
+                step_seed(base_seed, log.steps_done, rank)  # dropout etc.: a function of the step
                 loss = _step(model, loss_fn, optimizer, scheduler, _to_device(batch, device))
                 sched.record(i, loss)
                 log.step_time_s += time.perf_counter() - t1
@@ -323,15 +359,8 @@ def train_high_loss(
                 )
                 log.refresh_forwards += b
                 log.refresh_time_s += time.perf_counter() - t2
-            if ckpt is not None and rank == 0 and (sched.finished or r % checkpoint_every == 0):
-                from batchcraft.utils.io import save_checkpoint
-
-                save_checkpoint(ckpt, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "schedule": sched.state_dict(), "partition": partition,
-                    "partition_round": part_round, "generator": gen.get_state(), "log": asdict(log),
-                })  # fmt: skip
+            if sched.finished or r % checkpoint_every == 0:
+                save()  # rank 0 only, when there is a run folder
             if on_round_end is not None:
                 on_round_end(log)
     return log
