@@ -48,3 +48,36 @@ def test_reproduce_unknown_name_fails_clearly(tmp_path):
 def test_bench_unknown_name_fails_clearly():
     res = runner.invoke(app, ["bench", "no-such-bench"])
     assert res.exit_code in (1, 2)
+
+
+def _all_params():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    out = []
+
+    def walk(cmd, path):
+        for p in getattr(cmd, "params", []):
+            if p.param_type_name == "option" and p.name not in ("help",):
+                out.append((" ".join(path), p))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, [*path, name])
+
+    walk(group, [])
+    return out
+
+
+@pytest.mark.parametrize("where,param", _all_params(), ids=lambda x: getattr(x, "name", x))
+def test_every_option_has_plain_help(where, param):
+    text = getattr(param, "help", None) or ""
+    assert text.strip(), f"{where} --{param.name} has no help text"
+    assert "``" not in text and ":func:" not in text, f"{where} --{param.name}: rst markup"
+
+
+def test_version_and_global_flags():
+    from batchcraft import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+    res = runner.invoke(app, ["-q", "reproduce", "--list"])
+    assert res.exit_code == 0
