@@ -9,7 +9,7 @@ Shapes: ``x: [B, T, d]``; ``H = d / head_dim`` heads of ``D = head_dim``; ``Dh =
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import Tensor, nn
 
 from batchcraft.nn.lact import inv_softplus, l2_normalize
 from batchcraft.ops.lact import FastWeights, LaCTOptions, TTTOp, lact
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["BidirectionalLaCTLayer"]
 
@@ -41,7 +44,7 @@ class BidirectionalLaCTLayer(nn.Module):
         base_lr: float = 1e-2,
         o_norm: bool = True,
         options: LaCTOptions | None = None,
-        cp_group: Any = None,
+        cp_group: ProcessGroup | None = None,
         **op_kw: Any,
     ) -> None:
         """Build the layer.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from batchcraft.nn.rope import (
     positions_from_cu_seqlens,
 )
 from batchcraft.ops.lact import FastWeights, LaCTOptions, LaCTState, lact
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["LaCTLayer", "LaCTLayerCache", "LaCTLayerOptions", "inv_softplus", "l2_normalize"]
 
@@ -213,7 +216,7 @@ class LaCTLayer(nn.Module):
         *,
         options: LaCTLayerOptions | None = None,
         layer_idx: int | None = None,
-        cp_group: Any = None,
+        cp_group: ProcessGroup | None = None,
         **kw: Any,
     ) -> None:
         """Build the layer.

@@ -137,8 +137,31 @@ def op_case_errors(case: OpCase, rank: int, world: int) -> dict[str, float]:
     return errs
 
 
+def bf16_case_errors(rank: int, world: int) -> dict[str, float]:
+    """bf16 inputs (impl "auto": fp32 state, bf16 matmuls): relative RMS error of the 2-rank op
+    against the one-process op, output and final weights (shares are summed in fp32)."""
+    T = 3 * C + world * 1
+    idx = chunk_positions(T // world, C, rank, world)
+    inp = make_inputs(B, T, H, D, DH, dtype=torch.float32, seed=9)
+    q, k, v = (t.to(torch.bfloat16) for t in (inp.q, inp.k, inp.v))
+    # no Muon: Newton-Schulz of these rank-deficient updates (C < D) amplifies bf16 noise
+    o_ref, st_ref = lact(q, k, v, inp.lr, inp.w, chunk_size=C, beta=inp.beta)
+    sel = [t.index_select(1, idx) for t in (q, k, v, inp.lr, inp.beta)]
+    o, st = lact(*sel[:4], inp.w, chunk_size=C, beta=sel[4], group=dist.group.WORLD)
+
+    def rms(a: Tensor, b: Tensor) -> float:
+        a, b = a.double(), b.double()
+        return float((a - b).norm() / b.norm())
+
+    errs = {"o": rms(o, o_ref.index_select(1, idx)), "dtype_ok": float(o.dtype != torch.bfloat16)}
+    for part, a, b in zip(("gate", "up", "down"), st.weights, st_ref.weights, strict=True):
+        errs[f"weights.{part}"] = rms(a, b)
+    return errs
+
+
 def run_op_cases(rank: int, world: int, out: str) -> None:
     res = {case.id: op_case_errors(case, rank, world) for case in OP_CASES}
+    res["bf16"] = bf16_case_errors(rank, world)
     # error paths that need a live group
     try:
         lact(*(torch.zeros(1, 4, 1, 2) for _ in range(3)), torch.zeros(1, 4, 1, 3),

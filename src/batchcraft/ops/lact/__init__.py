@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -39,6 +39,9 @@ from batchcraft.ops.lact.schedule import (
     strided_schedule,
 )
 from batchcraft.ops.lact.state import FastWeights, LaCTState
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "IMPLS",
@@ -123,7 +126,7 @@ def lact(
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
     cu_seqlens: Tensor | Sequence[int] | None = None,
-    group: Any = None,
+    group: ProcessGroup | None = None,
     **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Large-chunk test-time training over a schedule of chunks.
