@@ -106,7 +106,7 @@ def _init() -> tuple[int, int]:
 
 def _worker_memory(out: Path, presets: list[str]) -> None:
     from batchcraft.models.lact_config import get_preset
-    from batchcraft.recipes.plan import measure_step_memory
+    from batchcraft.recipes.memory import measure_step_memory
 
     rank, _ = _init()
     torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def _gate(rank: int, world: int, group: Any) -> float:
 
 
 def _worker_cp(out: Path, n_total: int) -> None:
-    from batchcraft.recipes.plan import SavedBytes
+    from batchcraft.recipes.memory import SavedBytes
 
     rank, world = _init()
     group = None

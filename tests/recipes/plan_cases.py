@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from batchcraft.models.lact_config import get_preset
-from batchcraft.recipes.plan import measure_step_memory
+from batchcraft.recipes.memory import measure_step_memory
 
 SETTINGS = [
     ("tiny", "ddp", "adamw"),
