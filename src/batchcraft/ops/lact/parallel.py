@@ -137,15 +137,14 @@ def all_gather_seq(x: Tensor, group: Group | None = None, *, dim: int = 1) -> Te
 
 
 # ------------------------------------------------------------------ the causal layout
-def _local_layout(n_local: int, chunk_size: int, world: int) -> tuple[int, int, int]:
-    """(c = C / P, complete local chunks n, tail tokens m) of a local length."""
+def _local_chunk(chunk_size: int, world: int) -> int:
+    """c = C / P: the tokens of every chunk one rank holds (causal layout)."""
     if chunk_size % world:
         raise ValueError(
             f"chunk parallelism over {world} ranks needs chunk_size ({chunk_size}) divisible by "
             f"the number of ranks; use a chunk_size that is a multiple of {world}"
         )
-    c = chunk_size // world
-    return c, n_local // c, n_local % c
+    return chunk_size // world
 
 
 def chunk_positions(n_local: int, chunk_size: int, rank: int, world: int) -> Tensor:
@@ -155,7 +154,8 @@ def chunk_positions(n_local: int, chunk_size: int, rank: int, world: int) -> Ten
     ``c = C / P``; the ``m < c`` tail tokens of every rank form the global tail, rank-major:
     ``n * C + rank * m + (i - n * c)``. Returns ``[n_local]`` int64.
     """
-    c, n, m = _local_layout(n_local, chunk_size, world)
+    c = _local_chunk(chunk_size, world)
+    n, m = divmod(n_local, c)  # complete local chunks, tail tokens
     i = torch.arange(n * c)
     full = (i // c) * chunk_size + rank * c + i % c
     tail = n * chunk_size + rank * m + torch.arange(m)
@@ -318,6 +318,8 @@ def parallel_lact(
     Returns:
         ``(o [B, T_local, H, D], state)``; the weights in the state are identical on every rank.
     """
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
     if cu_seqlens is not None:
         raise ValueError(
             "cu_seqlens (packed documents) is not supported with chunk parallelism (group=...): "
@@ -334,8 +336,7 @@ def parallel_lact(
     if causal:
         if options.chunk_size is None:
             raise ValueError("the causal schedule needs chunk_size (tokens per update), e.g. 2048")
-        c, _, _ = _local_layout(0, options.chunk_size, world)
-        opts = dataclasses.replace(options, chunk_size=c)
+        opts = dataclasses.replace(options, chunk_size=_local_chunk(options.chunk_size, world))
     if options.check and world > 1:
         pending = state.num_pending if isinstance(state, LaCTState) else 0
         n_up = _count_updates(schedule, state, q.shape[1], opts.chunk_size or 1)
