@@ -92,3 +92,28 @@ def torchrun(nproc: int) -> list[str]:
 
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
             "--master-port", str(free_port())]  # fmt: skip
+
+
+def spawn_gloo(fn, world: int, *args) -> None:
+    """Run ``fn(rank, world, *args)`` in ``world`` fresh CPU processes joined in a gloo group.
+
+    ``fn`` must be importable by name in a child (a module-level function of a test helper
+    module); an exception in any rank fails the call with that rank's traceback.
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def _gloo_entry(rank: int, world: int, port: int, fn, args) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    finally:
+        dist.destroy_process_group()

@@ -311,9 +311,43 @@ def export(
     log.info(f"wrote {dest}")
 
 
+def plan(
+    preset: Annotated[str, typer.Option(help="Model preset: tiny, small, 760m, 3b.")] = "3b",
+    context: Annotated[int, typer.Option(help="Training context T (tokens per sequence).")] = 32768,
+    gpus: Annotated[int, typer.Option(help="Number of GPUs (ranks).")] = 8,
+    gpu_mem: Annotated[float, typer.Option(help="Memory of one GPU in GiB.")] = 80.0,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Global batch in sequences (default: one per data-parallel group)."),
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw or adan.")] = "adamw",
+    cp: Annotated[
+        str | None,
+        typer.Option(help="Chunk-parallel degrees to list, e.g. 1,2 (default: 1,2,4,8 that fit)."),
+    ] = None,
+) -> None:
+    """Per-rank memory of ddp / fsdp, activation checkpointing and chunk parallelism; what fits."""
+    from batchcraft.recipes.plan import plan_memory, plan_text
+
+    degrees = None
+    if cp is not None:
+        try:
+            degrees = [int(x) for x in cp.split(",")]
+        except ValueError:
+            raise typer.BadParameter(
+                f"--cp must be integers separated by commas, got {cp!r}"
+            ) from None
+    rows = plan_memory(
+        preset, context=context, gpus=gpus, gpu_mem_gib=gpu_mem, batch=batch,
+        optimizer=optimizer.lower(), cp=degrees,
+    )  # fmt: skip
+    typer.echo(plan_text(rows, preset=preset, context=context, gpus=gpus, gpu_mem_gib=gpu_mem))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``eval``, ``generate`` and ``export`` to the ``lm`` group."""
     app.command("train")(train)
     app.command("eval")(evaluate)
     app.command("generate")(generate)
     app.command("export")(export)
+    app.command("plan")(plan)

@@ -9,7 +9,7 @@ Shapes: ``x: [B, T, d]``; ``H = d / head_dim`` heads of ``D = head_dim``; ``Dh =
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import Tensor, nn
 
 from batchcraft.nn.lact import inv_softplus, l2_normalize
 from batchcraft.ops.lact import FastWeights, LaCTOptions, TTTOp, lact
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["BidirectionalLaCTLayer"]
 
@@ -41,6 +44,7 @@ class BidirectionalLaCTLayer(nn.Module):
         base_lr: float = 1e-2,
         o_norm: bool = True,
         options: LaCTOptions | None = None,
+        cp_group: ProcessGroup | None = None,
         **op_kw: Any,
     ) -> None:
         """Build the layer.
@@ -52,6 +56,10 @@ class BidirectionalLaCTLayer(nn.Module):
             base_lr: inner lr at init (softplus around it).
             o_norm: per-head RMSNorm on the output.
             options: the op options (default: classic Muon, 5 steps, post-norm, no momentum).
+            cp_group: a ``torch.distributed`` process group for chunk parallelism (also settable
+                as ``layer.cp_group``): each rank passes a slice of the set's tokens (any size);
+                the update sums the inner gradients of every rank's tokens (one all-reduce), so
+                every rank gets the same fast weights; ``num_update`` counts this rank's tokens.
             **op_kw: :class:`LaCTOptions` fields applied on top (``use_muon``, ``muon``,
                 ``muon_steps``, ``weight_norm``, ``lact_impl``, ...).
         """
@@ -72,6 +80,7 @@ class BidirectionalLaCTLayer(nn.Module):
                 "use_momentum must be False and fast_weight 'swiglu'"
             )
         self.lact_options = opts
+        self.cp_group = cp_group
         d, h = hidden_size, hidden_size // head_dim
         self.hidden_size, self.num_heads, self.head_dim = d, h, head_dim
         self.hidden_dim = inter_multi * head_dim
@@ -119,7 +128,7 @@ class BidirectionalLaCTLayer(nn.Module):
         q, k, v, lr = self._project(x)
         o, st = lact(
             q, k, v, lr, self.initial_weights() if state is None else state, self.lact_options,
-            schedule=ops,
+            schedule=ops, group=self.cp_group,
         )  # fmt: skip
         return o, st.weights
 

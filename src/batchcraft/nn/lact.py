@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from batchcraft.nn.rope import (
     positions_from_cu_seqlens,
 )
 from batchcraft.ops.lact import FastWeights, LaCTOptions, LaCTState, lact
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["LaCTLayer", "LaCTLayerCache", "LaCTLayerOptions", "inv_softplus", "l2_normalize"]
 
@@ -213,6 +216,7 @@ class LaCTLayer(nn.Module):
         *,
         options: LaCTLayerOptions | None = None,
         layer_idx: int | None = None,
+        cp_group: ProcessGroup | None = None,
         **kw: Any,
     ) -> None:
         """Build the layer.
@@ -223,6 +227,11 @@ class LaCTLayer(nn.Module):
             options: every option at once (a :class:`LaCTLayerOptions`, or any subclass such
                 as a model config, read by field name).
             layer_idx: index of the layer in a model (bookkeeping only).
+            cp_group: a ``torch.distributed`` process group for chunk parallelism (also settable
+                as ``layer.cp_group``): every rank passes its piece of every chunk
+                (:func:`batchcraft.ops.lact.parallel.shard_chunks`, ``chunk_size % P == 0``, the
+                same length on every rank); the fast-weight updates sum over the ranks and the
+                attention all-gathers keys and values. No cache, padding or packed documents.
             **kw: :class:`LaCTLayerOptions` fields, applied on top of ``options``.
         """
         super().__init__()
@@ -241,6 +250,7 @@ class LaCTLayer(nn.Module):
         self.head_dim, self.attn_head_dim = opts.head_dim, opts.attn_head_dim
         self.hidden_dim = opts.hidden_dim
         self.use_ttt, self.layer_idx = opts.use_ttt, layer_idx
+        self.cp_group = cp_group
         self.use_attn = opts.window_size is None or opts.window_size > 0
 
         self.qkv = nn.Linear(d, 3 * d, bias=opts.qkv_bias)
@@ -351,6 +361,8 @@ class LaCTLayer(nn.Module):
             doc_ids: Tensor | None = doc_ids_from_cu_seqlens(cu_seqlens.to(x.device), t)
         else:
             positions, doc_ids = torch.arange(pos0, pos0 + t, device=x.device), None
+        if self.cp_group is not None:  # global positions of this rank's chunk pieces
+            positions = self._cp_positions(x, cache, cu_seqlens, use_cache)[0]
         want_cache = (cache is not None or use_cache) and cu_seqlens is None
 
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, T, d] each
@@ -387,6 +399,13 @@ class LaCTLayer(nn.Module):
             qa = apply_rope(qa, positions, theta=self.options.rope_theta)
             ka = apply_rope(ka, positions, theta=self.options.rope_theta)
         w = self.options.window_size
+        if self.cp_group is not None:
+            from batchcraft.nn.cp_attention import cp_window_attention
+
+            all_pos = self._cp_positions(q, cache, None, False)[1]
+            o = cp_window_attention(qa, ka, va, positions, all_pos, window=w,
+                                    group=self.cp_group, impl=self.options.attn_impl)  # fmt: skip
+            return o.reshape(b, t, -1), None
         if cache is not None:
             if cache.kv is None:
                 raise ValueError("cache has no attention buffer but this layer uses attention")
@@ -439,12 +458,29 @@ class LaCTLayer(nn.Module):
                 raise ValueError("cache has no LaCT state but this layer uses TTT")
             state = cache.ttt
         o, new_state = lact(
-            qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens
-        )
+            qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens,
+            group=self.cp_group,
+        )  # fmt: skip
         o = self.ttt_norm(o)  # [B, T, H, D]
         if self.gate_proj is not None:
             o = o * F.silu(self.gate_proj(x)).unsqueeze(-1)  # per-head gate
         return o.reshape(b, t, d), new_state
+
+    def _cp_positions(
+        self, x: Tensor, cache: object, cu_seqlens: object, use_cache: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Global positions of this rank's tokens and of every rank's (rank order)."""
+        from batchcraft.ops.lact.parallel import chunk_positions, rank_world
+
+        if cache is not None or use_cache or cu_seqlens is not None:
+            raise ValueError(
+                "chunk parallelism (cp_group) runs whole sequences: no cache, use_cache, "
+                "attention_mask or cu_seqlens (set layer.cp_group = None to decode)"
+            )
+        rank, world = rank_world(self.cp_group)
+        t, c = x.shape[1], self.options.chunk_size
+        pos = [chunk_positions(t, c, r, world) for r in range(world)]
+        return pos[rank].to(x.device), torch.cat(pos).to(x.device)
 
     def _forward_padded(self, x: Tensor, attention_mask: Tensor) -> tuple[Tensor, None]:
         """Right-padded batch -> packed documents -> unpacked output (pads get 0)."""

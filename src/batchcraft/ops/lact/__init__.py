@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -39,6 +39,9 @@ from batchcraft.ops.lact.schedule import (
     strided_schedule,
 )
 from batchcraft.ops.lact.state import FastWeights, LaCTState
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = [
     "IMPLS",
@@ -123,6 +126,7 @@ def lact(
     schedule: Schedule = "causal",
     beta: Tensor | None = None,
     cu_seqlens: Tensor | Sequence[int] | None = None,
+    group: ProcessGroup | None = None,
     **kw: Any,
 ) -> tuple[Tensor, LaCTState]:
     """Large-chunk test-time training over a schedule of chunks.
@@ -145,6 +149,10 @@ def lact(
         beta: momentum gates [B, T, H] in [0, 1]; required iff ``options.use_momentum``.
         cu_seqlens: packed document boundaries [0, ..., T] (B = 1); the state resets per document
             and the returned state is that of the last document.
+        group: a ``torch.distributed`` process group for chunk parallelism: this rank passes
+            its share of every update's tokens and one all-reduce per update sums the inner
+            gradients (:mod:`batchcraft.ops.lact.parallel`; causal: ``chunk_size`` is the global
+            C, each rank holds ``C / P`` tokens of every chunk). ``None``: one process.
         **kw: option fields overriding ``options`` (or building it), plus the historical
             spellings ``impl`` (``lact_impl``), ``loss`` (``inner_loss``) and
             ``muon=None | "tuned" | "classic"``; without ``use_momentum`` the keyword form turns
@@ -155,6 +163,13 @@ def lact(
         holding the unfinished chunk's tokens as pending.
     """
     opts = resolve_options(options, kw, beta_given=beta is not None)
+    if group is not None:
+        from batchcraft.ops.lact.parallel import parallel_lact
+
+        return parallel_lact(
+            q, k, v, lr, state, opts, group=group, schedule=schedule, beta=beta,
+            cu_seqlens=cu_seqlens,
+        )  # fmt: skip
     fn = resolve_impl(opts.lact_impl, q)
     return fn(q, k, v, lr, state, opts, schedule=schedule, beta=beta, cu_seqlens=cu_seqlens)
 
