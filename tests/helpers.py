@@ -117,3 +117,11 @@ def _gloo_entry(rank: int, world: int, port: int, fn, args) -> None:
         fn(rank, world, *args)
     finally:
         dist.destroy_process_group()
+
+
+def assert_one_line_error(result) -> None:
+    """A CLI result (typer's CliRunner) that failed cleanly: exit 2, one ``error:`` line."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from batchcraft.cli.main import _attach_subcommands, app
@@ -75,6 +76,4 @@ def test_bad_input_is_one_line_exit_2(tmp_path, extra):
         *(a.format(tmp=tmp_path) for a in extra),
     ]
     res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert_one_line_error(res)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from batchcraft.cli.main import app
@@ -53,6 +54,4 @@ BAD_NVS = [
 def test_nvs_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "file.txt").write_text("x")
     r = runner.invoke(app, ["nvs", *(a.format(tmp=tmp_path) for a in args)])
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert_one_line_error(r)

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from batchcraft.cli.main import app
@@ -329,10 +330,7 @@ BAD_LM = [
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, args):
     (tmp_path / "short.txt").write_text("tiny")
     res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    assert "Traceback" not in res.output
+    assert_one_line_error(res)
 
 
 def test_cli_resume_with_muon_is_refused(tmp_path):

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from helpers import spawn_gloo
+from helpers import assert_one_line_error, spawn_gloo
 from recipes.plan_cases import CONTEXT, SETTINGS, measure_ranks
 from typer.testing import CliRunner
 
@@ -170,6 +170,4 @@ def test_cli_plan_bad_input_is_one_line_exit_2(args):
     base = {"--preset": "tiny", "--context": "64", "--gpus": "2", "--gpu-mem": "1"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     r = runner.invoke(app, ["lm", "plan", *[x for kv in base.items() for x in kv]])
-    assert r.exit_code == 2, r.output
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert_one_line_error(r)
