@@ -34,7 +34,7 @@ NUM_VIEWS = max(VIEWS_EVAL) + 2  # views rendered per scene
 HEADLINE = 4  # the verdict reads the 4-input-view column
 MARGIN_DB = 2.0  # LaCT must beat mean colour and its updates-off ablation by this much
 NT = 4  # target views in the timing
-MODELS = (("lact", "LaCT-NVS"), ("off", "LaCT updates off"), ("attention", "full attention"),
+ARMS = (("lact", "LaCT-NVS"), ("off", "LaCT updates off"), ("attention", "full attention"),
           ("mean", "mean colour"))  # fmt: skip
 
 
@@ -137,7 +137,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     params = {k: sum(p.numel() for p in NVSModel(c).parameters()) for k, c in cfgs.items()}
     res: dict[str, dict[int, list[float]]] = {
         f"{k}_{m}": {v: [] for v in VIEWS_EVAL}
-        for k, _ in MODELS for m in ("psnr", "ssim")
+        for k, _ in ARMS for m in ("psnr", "ssim")
     }  # fmt: skip
     drift: dict[int, list[list[list[float]]]] = {v: [] for v in VIEWS_EVAL}  # [seed][L][3]
     losses: dict[str, list[float]] = {}
@@ -165,11 +165,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs)
 
-    psnr_at = {k: [mean(res[f"{k}_psnr"][v]) for v in VIEWS_EVAL] for k, _ in MODELS}
+    psnr_at = {k: [mean(res[f"{k}_psnr"][v]) for v in VIEWS_EVAL] for k, _ in ARMS}
     plt = pyplot()
     plots = []
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for (key, label), style in zip(MODELS, ("o-", "s--", "^-", "x:"), strict=True):
+    for (key, label), style in zip(ARMS, ("o-", "s--", "^-", "x:"), strict=True):
         ax.plot(VIEWS_EVAL, psnr_at[key], style, label=label)
     ax.set(xlabel="input views (targets fixed)", ylabel="test PSNR [dB]",
            title="Novel views: PSNR vs input views")  # fmt: skip
@@ -215,7 +215,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     plots.append(ctx.save_figure(fig, "image_grid.png"))
 
     h = VIEWS_EVAL.index(HEADLINE)
-    p4 = {k: psnr_at[k][h] for k, _ in MODELS}
+    p4 = {k: psnr_at[k][h] for k, _ in ARMS}
     ren_l, ren_a = timing["lact"]["render_ms"], timing["attention"]["render_ms"]
     rec_l, rec_a = timing["lact"]["reconstruct_ms"], timing["attention"]["reconstruct_ms"]
     beats_mean = p4["lact"] >= p4["mean"] + MARGIN_DB
@@ -231,9 +231,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         else "not reproduced"
     )  # fmt: skip
     n_layers = len(drift[HEADLINE][0])
-    drift_mean = [[mean([d[layer][m] for d in drift[v]]) for m in range(3)]
-                  for v in VIEWS_EVAL for layer in range(n_layers)]  # fmt: skip
-    d4 = [max(drift_mean[h * n_layers + layer]) for layer in range(n_layers)]
+    # drift_at[views][layer] = [gate, up, down], mean over seeds
+    drift_at = {v: [[mean([d[layer][m] for d in drift[v]]) for m in range(3)]
+                    for layer in range(n_layers)] for v in VIEWS_EVAL}  # fmt: skip
+    d4 = [max(row) for row in drift_at[HEADLINE]]
 
     def ok(flag: bool) -> str:
         return "yes" if flag else "NO"
@@ -257,7 +258,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     )
     metrics = []
     for v in VIEWS_EVAL:
-        for key, label in MODELS:
+        for key, label in ARMS:
             metrics.append(
                 Metric(f"PSNR {label}, {v} input views", res[f"{key}_psnr"][v], unit="dB")
             )
@@ -274,16 +275,15 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         Metric(f"reconstruct time attention, {tv[-1]} views", [rec_a[-1]], unit="ms"),
     ]
     psnr_table = (
-        "| input views | " + " | ".join(label for _, label in MODELS) + " |\n|---|"
-        + "---|" * len(MODELS) + "\n"
-        + "\n".join(f"| {v} | " + " | ".join(f"{psnr_at[k][i]:.2f}" for k, _ in MODELS) + " |"
+        "| input views | " + " | ".join(label for _, label in ARMS) + " |\n|---|"
+        + "---|" * len(ARMS) + "\n"
+        + "\n".join(f"| {v} | " + " | ".join(f"{psnr_at[k][i]:.2f}" for k, _ in ARMS) + " |"
                     for i, v in enumerate(VIEWS_EVAL))
     )  # fmt: skip
     drift_table = (
         "| input views | layer | gate | up | down |\n|---|---|---|---|---|\n"
-        + "\n".join(f"| {v} | {layer} | " + " | ".join(
-            f"{x:.3f}" for x in drift_mean[i * n_layers + layer]) + " |"
-            for i, v in enumerate(VIEWS_EVAL) for layer in range(n_layers))
+        + "\n".join(f"| {v} | {layer} | " + " | ".join(f"{x:.3f}" for x in row) + " |"
+                    for v in VIEWS_EVAL for layer, row in enumerate(drift_at[v]))
     )  # fmt: skip
     head = "| views | " + " | ".join(str(v) for v in tv) + " |\n|---|" + "---|" * len(tv) + "\n"
     time_table = head + "\n".join(
@@ -302,4 +302,5 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     return ExperimentResult(metrics=metrics, verdict=verdict, summary=summary, plots=plots,
                             tables=[psnr_table, drift_table, time_table], setting=setting,
                             data={"timing": timing, "views": tv, "params": params,
-                                  "psnr": psnr_at, "drift": drift_mean})  # fmt: skip
+                                  "psnr": psnr_at,
+                                  "drift": {str(v): d for v, d in drift_at.items()}})  # fmt: skip
