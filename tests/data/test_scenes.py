@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from batchcraft.data.scenes import (
+    EASY_STYLE,
     TEST_SEED_OFFSET,
     Scene,
+    SceneStyle,
     camera_rays,
     plucker,
     project,
@@ -131,7 +133,70 @@ def test_dataset_deterministic_and_splits_disjoint() -> None:
     assert torch.equal(random_scene(4).spheres, random_scene(4).spheres)
 
 
+def test_supersample_rays_pass_through_the_sub_pixel_centres(cams) -> None:
+    K, c2w = cams
+    s = 3
+    o, d = camera_rays(K, c2w, SIZE, supersample=s)  # [V, sH, sW, 3]
+    assert o.shape == (5, s * SIZE, s * SIZE, 3)
+    uv, _ = project(K[:, None, None], c2w[:, None, None], o + 1.7 * d)
+    sub = (torch.arange(s * SIZE, dtype=torch.float32) + 0.5) / s
+    torch.testing.assert_close(uv[..., 0], sub.expand_as(uv[..., 0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(uv[..., 1], sub[:, None].expand_as(uv[..., 1]), atol=1e-3, rtol=0)
+    # block (i, j) of s x s sub-pixels lies inside pixel (i, j): its mean is the pixel centre
+    centre = uv.view(5, SIZE, s, SIZE, s, 2).mean(dim=(2, 4))
+    c = torch.arange(SIZE, dtype=torch.float32) + 0.5
+    torch.testing.assert_close(centre[..., 0], c.expand(5, SIZE, SIZE), atol=1e-3, rtol=0)
+    # supersample=1 is the plain pixel-centre grid
+    _, d1 = camera_rays(K, c2w, SIZE, supersample=1)
+    torch.testing.assert_close(d1, camera_rays(K, c2w, SIZE)[1], atol=0, rtol=0)
+
+
+def test_supersampled_image_is_the_mean_of_sub_pixel_renders() -> None:
+    plain = render_dataset("train", num_scenes=1, num_views=2, size=SIZE)
+    st = SceneStyle(supersample=2)
+    aa = render_dataset("train", num_scenes=1, num_views=2, size=SIZE, style=st)
+    torch.testing.assert_close(aa.dirs, plain.dirs, atol=0, rtol=0)  # rays: pixel centres
+    scene = random_scene(scene_seed("train", 0), style=st)
+    fine = render_rays(scene, *camera_rays(aa.K[0], aa.c2w[0], SIZE, supersample=2))
+    ref = fine.view(2, SIZE, 2, SIZE, 2, 3).mean(dim=(2, 4)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(aa.images[0], ref)
+    # anti-aliasing smooths: lower total variation than point sampling of the same views
+
+    def tv(x: torch.Tensor) -> float:
+        return float(x.diff(dim=-1).abs().mean() + x.diff(dim=-2).abs().mean())
+
+    assert tv(aa.images) < 0.9 * tv(plain.images)
+
+
+def test_style_changes_texture_and_scale_not_the_layout() -> None:
+    base = random_scene(11)
+    assert base.tile == 0.25
+    torch.testing.assert_close(base.ground_rgb[1], 0.6 * base.ground_rgb[0])  # default contrast
+    big = random_scene(11, style=SceneStyle(object_scale=2.0, checker=0.0, tile=0.5))
+    torch.testing.assert_close(big.sphere_rgb, base.sphere_rgb)  # same draws, same colours
+    torch.testing.assert_close(big.spheres[:, :2], base.spheres[:, :2])
+    torch.testing.assert_close(big.spheres[:, 3], 2 * base.spheres[:, 3])
+    torch.testing.assert_close(big.ground_rgb[0], big.ground_rgb[1])  # checker 0: plain ground
+    assert big.tile == 0.5 and EASY_STYLE.supersample == 2
+
+
+@pytest.mark.parametrize("tile", [0.25, 0.5])
+def test_checker_tiles_flip_at_multiples_of_the_tile(tile: float) -> None:
+    empty = torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0, 6), torch.zeros(0, 3)
+    scene = Scene(*empty, light=torch.tensor([0.0, 0.0, 1.0]),
+                  ground_rgb=torch.tensor([[0.8, 0.8, 0.8], [0.2, 0.2, 0.2]]), tile=tile)  # fmt: skip
+    # rays straight down onto ground points at x = (k + 0.5) * tile, y = 0.5 * tile
+    x = (torch.arange(4, dtype=torch.float32) + 0.5) * tile
+    o = torch.stack([x, torch.full_like(x, 0.5 * tile), torch.full_like(x, 2.0)], dim=-1)
+    d = torch.tensor([0.0, 0.0, -1.0]).expand(4, 3)
+    g = render_rays(scene, o, d)[:, 0]  # lit from above: the albedo itself
+    torch.testing.assert_close(g, torch.tensor([0.8, 0.2, 0.8, 0.2]))
+
+
 def test_errors() -> None:
+    for bad in (dict(checker=1.5), dict(tile=0.0), dict(object_scale=-1.0), dict(supersample=0)):
+        with pytest.raises(ValueError, match="must be"):
+            SceneStyle(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="split must be"):
         scene_seed("val", 0)
     with pytest.raises(ValueError, match="scene index"):

@@ -1,4 +1,5 @@
-"""LaCT-NVS toy: reconstruct/render split, set symmetries, shapes, baseline parity, training, SSIM."""
+"""LaCT-NVS toy: reconstruct/render split, set symmetries, shapes, baseline parity, training, SSIM,
+the updates-off ablation and fast-weight drift."""
 
 from __future__ import annotations
 
@@ -143,3 +144,61 @@ def test_twenty_step_training_lowers_loss_and_resumes(data: SceneViews, tmp_path
     assert set(r) == {"psnr", "ssim", "psnr_mean_colour"}
     png = save_grid(tmp_path / "g.png", [data.images[0, :3], data.images[1, :2]])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_updates_off_renders_with_w0_whatever_the_inputs(data: SceneViews) -> None:
+    m, a = _model("lact"), _model("attention")
+    inp, tgt = _split(data)
+    off = m.reconstruct(inp.images, inp.origins, inp.dirs, update=False)
+    pred_off = m.render(off, tgt.origins, tgt.dirs)
+    joint_off = m(inp.images, inp.origins, inp.dirs, tgt.origins, tgt.dirs, update=False)
+    assert_close(joint_off, pred_off, rtol=1e-10, atol=1e-12)
+    for st, blk in zip(off.layers, m.blocks, strict=True):
+        assert torch.equal(st.down, blk.mixer.w_down.expand(2, *blk.mixer.w_down.shape))
+    # no information from the inputs: other images and views give the same rendering
+    other = m.reconstruct(
+        1 - inp.images[:, :2], inp.origins[:, 1:3], inp.dirs[:, 1:3], update=False
+    )
+    assert_close(m.render(other, tgt.origins, tgt.dirs), pred_off, rtol=0, atol=0)
+    on = m.reconstruct(inp.images, inp.origins, inp.dirs)
+    assert (m.render(on, tgt.origins, tgt.dirs) - pred_off).abs().max() > 1e-4
+    drift_on, drift_off = m.fast_weight_drift(on), m.fast_weight_drift(off)
+    assert drift_on.shape == (2, SMALL.layers, 3) and (drift_on > 0.01).all()
+    assert torch.equal(drift_off, torch.zeros_like(drift_off))
+    with pytest.raises(ValueError, match="updates-off"):
+        a.reconstruct(inp.images, inp.origins, inp.dirs, update=False)
+    with pytest.raises(ValueError, match="fast_weight_drift"):
+        a.fast_weight_drift(a.reconstruct(inp.images, inp.origins, inp.dirs))
+
+
+def _colour_scenes(split: str, n: int, seed: int) -> SceneViews:
+    """Each scene one random flat colour, seen by every view: only the inputs can tell it."""
+    d = render_dataset(split, num_scenes=n, num_views=5, size=16)
+    c = torch.rand(n, 1, 3, 1, 1, generator=torch.Generator().manual_seed(seed))
+    return SceneViews(c.expand_as(d.images).clone(), d.origins, d.dirs, d.K, d.c2w)
+
+
+def test_short_training_beats_its_updates_off_ablation() -> None:
+    """150 steps on flat-colour scenes: the colour reaches the targets only through the update.
+
+    Updates off (same trained parameters, W0) can only predict a scene-independent colour; a
+    working update carries the inputs' colour. Measured: gap 5.0-11.5 dB over seeds 0-3; with the
+    update fed another scene's values (``v`` rolled over the batch) 0.9 and 0.0 dB; with no
+    update (``v = 0``) exactly 0.
+    """
+    train, test = _colour_scenes("train", 32, 0), _colour_scenes("test", 16, 1)
+    cfg = NVSConfig(image_size=16, patch=4, hidden=32, layers=1, attn_head_dim=16,
+                    lact_head_dim=16, muon_steps=3)  # fmt: skip
+    m = build_nvs(cfg, seed=0)
+    s = NVSTrainSettings(steps=150, batch_size=4, lr=3e-3, warmup=5, input_views=(2, 3))
+    train_nvs(m, train, s)
+    inp, tgt = split_views(test, torch.arange(len(test)), 3, 2, None)
+    with torch.no_grad():
+        psnrs = [
+            float(psnr(m.render(st, tgt.origins, tgt.dirs), tgt.images).mean())
+            for st in (
+                m.reconstruct(inp.images, inp.origins, inp.dirs),
+                m.reconstruct(inp.images, inp.origins, inp.dirs, update=False),
+            )
+        ]
+    assert psnrs[0] > psnrs[1] + 3.0, psnrs

@@ -513,3 +513,33 @@ def test_bidirectional_equals_independent_formula(kw):
     x = _x(t=11)
     y, _ = layer(x, num_update=7)
     torch.testing.assert_close(y, _reference_bidirectional(layer, x, 7), rtol=1e-9, atol=1e-10)
+
+
+def test_bidirectional_updates_off_is_the_static_swiglu_branch_and_drift_measures_the_update():
+    """update=False renders with W0 (same parameters): a static SwiGLU branch, written out here."""
+    layer = _bidir()
+    x = _x(t=11)
+    y_off, w_off = layer(x, num_update=7, update=False)
+    b, t, d = x.shape
+    h, dd = layer.num_heads, layer.head_dim
+    q = F.silu(x @ layer.qkv.weight.T)[..., :d].reshape(b, t, h, dd)
+    q = q / (q.norm(dim=-1, keepdim=True) + 1e-5)
+    zg, zu = (torch.einsum("bthd,hed->bthe", q, w) for w in (layer.w_gate, layer.w_up))
+    o = torch.einsum("bthe,hde->bthd", F.silu(zg) * zu, layer.w_down)  # W_d (silu(W_g q) * W_u q)
+    ref = _rms(o, layer.o_norm.weight, 1e-5).reshape(b, t, d) @ layer.o_proj.weight.T
+    torch.testing.assert_close(y_off, ref, rtol=1e-10, atol=1e-12)
+    assert torch.equal(w_off.down, layer.w_down.expand(b, *layer.w_down.shape))
+    y_on, w_on = layer(x, num_update=7)
+    assert (y_on - y_off).abs().max() > 1e-3  # the update changes the outputs
+    # reconstruct(update=False) is W0, so its rendering ignores the input tokens
+    w0 = layer.reconstruct(x[:, :7], update=False)
+    torch.testing.assert_close(layer.render(w0, x), y_off, rtol=0, atol=0)
+    # drift: exactly 0 without an update; ||W - W0||_F / ||W0||_F (mean over heads) with one
+    torch.testing.assert_close(layer.drift(w0), torch.zeros(b, 3, dtype=D64), rtol=0, atol=0)
+    dr = layer.drift(layer.reconstruct(x[:, :7]))
+    ref_dr = torch.stack(
+        [((w - w0) ** 2).sum((-2, -1)).sqrt().div((w0**2).sum((-2, -1)).sqrt()).mean(-1)
+         for w, w0 in zip(w_on, layer.initial_weights(), strict=True)], dim=-1,
+    )  # fmt: skip
+    torch.testing.assert_close(dr, ref_dr, rtol=1e-10, atol=1e-12)
+    assert dr.shape == (b, 3) and (dr > 0.01).all()

@@ -10,6 +10,10 @@ z forward; pixel ``(i, j)`` (row, column) has its centre at ``(u, v) = (j + 0.5,
 world ray ``o = t``, ``d = normalize(R @ K^-1 [u, v, 1])``. A world point ``p`` projects to
 ``K (R^T (p - t))`` (divided by depth). Plücker coordinates of a ray: ``(d, o x d)``.
 
+How hard the scenes are is a :class:`SceneStyle` (checker contrast and tile size, object size,
+anti-aliasing by supersampling); ``EASY_STYLE`` is the setting in which a small model learns the
+scene-specific signal within a few CPU minutes.
+
 Shapes: images ``[S, V, 3, H, W]`` in [0, 1]; rays ``[S, V, H, W, 3]``; ``K [S, V, 3, 3]``,
 ``c2w [S, V, 4, 4]`` (S scenes, V views). Train and test scenes use disjoint seed ranges.
 
@@ -17,6 +21,7 @@ Example::
 
     data = render_dataset("train", num_scenes=64, num_views=6, size=32)
     data.images.shape   # [64, 6, 3, 32, 32]
+    easy = render_dataset("train", num_scenes=64, num_views=6, style=EASY_STYLE)
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_STYLE",
+    "EASY_STYLE",
     "TEST_SEED_OFFSET",
     "Scene",
+    "SceneStyle",
     "SceneViews",
     "camera_rays",
     "look_at",
@@ -56,6 +64,43 @@ def scene_seed(split: str, index: int) -> int:
     return index if split == "train" else TEST_SEED_OFFSET + index
 
 
+@dataclass(frozen=True, kw_only=True)
+class SceneStyle:
+    """How hard the scenes are to predict; the defaults are the original toy.
+
+    The checker is the hardest part at 32 px: tiles of 0.25 units are 2-4 pixels wide and alias
+    into noise that no model can predict from a few views. ``EASY_STYLE`` (large, anti-aliased
+    tiles of low contrast, larger objects) leaves the scene-specific colours and shapes as the
+    signal to learn.
+
+    Attributes:
+        checker: contrast of the ground checker; the second albedo is ``base * (1 - checker)``
+            (0: plain ground).
+        tile: side of a checker tile in world units.
+        object_scale: multiplies sphere radii and box half-sizes.
+        supersample: renders ``s x s`` rays per pixel and averages them (anti-aliasing).
+    """
+
+    checker: float = 0.4
+    tile: float = 0.25
+    object_scale: float = 1.0
+    supersample: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.checker <= 1.0:
+            raise ValueError(f"checker contrast must be in [0, 1], got {self.checker}")
+        if self.tile <= 0 or self.object_scale <= 0:
+            raise ValueError(
+                f"tile ({self.tile}) and object_scale ({self.object_scale}) must be > 0"
+            )
+        if not 1 <= self.supersample <= 8:
+            raise ValueError(f"supersample must be in [1, 8], got {self.supersample}")
+
+
+DEFAULT_STYLE = SceneStyle()
+EASY_STYLE = SceneStyle(checker=0.25, tile=0.5, object_scale=1.4, supersample=2)
+
+
 @dataclass
 class Scene:
     """Objects of one scene.
@@ -67,6 +112,7 @@ class Scene:
         box_rgb: [Nb, 3] albedo.
         light: [3] unit direction towards the light.
         ground_rgb: [2, 3] the two checker albedos.
+        tile: checker tile side in world units.
     """
 
     spheres: Tensor
@@ -75,11 +121,17 @@ class Scene:
     box_rgb: Tensor
     light: Tensor
     ground_rgb: Tensor
+    tile: float = 0.25
 
 
-def random_scene(seed: int, *, boxes: bool = True) -> Scene:
-    """1-3 objects (a box with probability 1/3 each when ``boxes``), deterministic by ``seed``."""
+def random_scene(seed: int, *, boxes: bool = True, style: SceneStyle = DEFAULT_STYLE) -> Scene:
+    """1-3 objects (a box with probability 1/3 each when ``boxes``), deterministic by ``seed``.
+
+    The random draws do not depend on ``style``: the same seed gives the same layout and colours,
+    only scaled / re-textured.
+    """
     g = torch.Generator().manual_seed(seed)
+    sc = style.object_scale
     n = int(torch.randint(1, 4, (1,), generator=g))
     sph, sph_c, box, box_c = [], [], [], []
     for _ in range(n):
@@ -87,13 +139,13 @@ def random_scene(seed: int, *, boxes: bool = True) -> Scene:
         xy = (torch.rand(2, generator=g) - 0.5) * 0.7
         is_box = boxes and float(torch.rand(1, generator=g)) < 1 / 3
         if is_box:
-            half = 0.08 + 0.15 * torch.rand(3, generator=g)
+            half = (0.08 + 0.15 * torch.rand(3, generator=g)) * sc
             lo = torch.cat([xy - half[:2], torch.zeros(1)])
             hi = torch.cat([xy + half[:2], 2 * half[2:]])
             box.append(torch.cat([lo, hi]))
             box_c.append(rgb)
         else:
-            r = 0.12 + 0.2 * torch.rand(1, generator=g)
+            r = (0.12 + 0.2 * torch.rand(1, generator=g)) * sc
             z = r + 0.3 * torch.rand(1, generator=g) * float(torch.rand(1, generator=g) < 0.3)
             sph.append(torch.cat([xy, z, r]))
             sph_c.append(rgb)
@@ -107,7 +159,8 @@ def random_scene(seed: int, *, boxes: bool = True) -> Scene:
         boxes=torch.stack(box) if box else torch.zeros(0, 6),
         box_rgb=torch.stack(box_c) if box_c else torch.zeros(0, 3),
         light=light,
-        ground_rgb=torch.stack([base, base * 0.6]),
+        ground_rgb=torch.stack([base, base * (1 - style.checker)]),
+        tile=style.tile,
     )
 
 
@@ -143,12 +196,18 @@ def random_cameras(
     return K.clone(), look_at(eye, centre.expand_as(eye))
 
 
-def camera_rays(K: Tensor, c2w: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Per-pixel world rays: origins and unit directions ``[..., size, size, 3]``."""
-    c = torch.arange(size, dtype=K.dtype) + 0.5
+def camera_rays(
+    K: Tensor, c2w: Tensor, size: int, *, supersample: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Per-pixel world rays: origins and unit directions ``[..., size * s, size * s, 3]``.
+
+    With ``supersample = s`` each pixel gets ``s x s`` rays through the centres of its sub-pixels
+    (at ``(j + (a + 0.5) / s)`` for ``a < s``), row-major, so ``s x s`` blocks belong to one pixel.
+    """
+    c = (torch.arange(size * supersample, dtype=K.dtype) + 0.5) / supersample
     v, u = torch.meshgrid(c, c, indexing="ij")  # rows, columns
-    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # [H, W, 3]
-    cam = pix @ torch.linalg.inv(K).mT[..., None, :, :]  # [..., H, W, 3]
+    pix = torch.stack([u, v, torch.ones_like(u)], dim=-1)  # [sH, sW, 3]
+    cam = pix @ torch.linalg.inv(K).mT[..., None, :, :]  # [..., sH, sW, 3]
     d = torch.nn.functional.normalize(cam @ c2w[..., None, :3, :3].mT, dim=-1)
     o = c2w[..., None, None, :3, 3].expand_as(d)
     return o, d
@@ -180,7 +239,8 @@ def _hit(scene: Scene, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Te
     tg = torch.where(d[:, 2] < -1e-6, -o[:, 2] / d[:, 2].clamp(max=-1e-6), inf)
     pg = o + tg.clamp(max=1e6)[:, None] * d
     tg = torch.where(pg[:, :2].norm(dim=-1) < 4.0, tg, inf)
-    checker = ((pg[:, 0] * 4).floor() + (pg[:, 1] * 4).floor()).remainder(2).long()
+    cell = (pg[:, :2] / scene.tile).floor()
+    checker = (cell[:, 0] + cell[:, 1]).remainder(2).long()
     m = tg < best_t
     best_t = torch.where(m, tg, best_t)
     normal[m] = torch.tensor([0.0, 0.0, 1.0])
@@ -272,19 +332,30 @@ def render_dataset(
     size: int = 32,
     start: int = 0,
     boxes: bool = True,
+    style: SceneStyle = DEFAULT_STYLE,
 ) -> SceneViews:
-    """Render ``num_views`` random views of scenes ``start .. start+num_scenes`` of ``split``."""
+    """Render ``num_views`` random views of scenes ``start .. start+num_scenes`` of ``split``.
+
+    With ``style.supersample = s`` each pixel is the mean of an ``s x s`` grid of rays inside it;
+    the returned rays are still the pixel-centre rays.
+    """
     if not 8 <= size <= 128:
         raise ValueError(f"size must be in [8, 128], got {size}")
     if num_scenes < 1 or num_views < 1:
         raise ValueError(f"num_scenes ({num_scenes}) and num_views ({num_views}) must be >= 1")
+    ss = style.supersample
     imgs, os_, ds, Ks, cs = [], [], [], [], []
     for i in range(start, start + num_scenes):
         seed = scene_seed(split, i)
-        scene = random_scene(seed, boxes=boxes)
+        scene = random_scene(seed, boxes=boxes, style=style)
         K, c2w = random_cameras(num_views, size, generator=torch.Generator().manual_seed(seed + 7))
         o, d = camera_rays(K, c2w, size)  # [V, H, W, 3]
-        imgs.append(render_rays(scene, o, d).permute(0, 3, 1, 2))
+        if ss == 1:
+            img = render_rays(scene, o, d).permute(0, 3, 1, 2)  # [V, 3, H, W]
+        else:  # s x s sub-pixel rays, then the mean of each s x s block
+            fine = render_rays(scene, *camera_rays(K, c2w, size, supersample=ss))
+            img = torch.nn.functional.avg_pool2d(fine.permute(0, 3, 1, 2), ss)  # [V, 3, H, W]
+        imgs.append(img)
         os_.append(o)
         ds.append(d)
         Ks.append(K)

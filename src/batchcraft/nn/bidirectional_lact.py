@@ -3,6 +3,9 @@
 Used for novel view synthesis: the input views write the fast weights once
 (:meth:`BidirectionalLaCTLayer.reconstruct`), then any number of query tokens read them
 (:meth:`BidirectionalLaCTLayer.render`, cost independent of the number of input views).
+``update=False`` is the updates-off ablation: the same parameters, every token reads ``W0``
+(a static SwiGLU branch), so whatever the model gains from its inputs through this layer is gone.
+:meth:`BidirectionalLaCTLayer.drift` measures how far the update moved the fast weights.
 Shapes: ``x: [B, T, d]``; ``H = d / head_dim`` heads of ``D = head_dim``; ``Dh = inter_multi * D``.
 """
 
@@ -33,6 +36,8 @@ class BidirectionalLaCTLayer(nn.Module):
         y, w = layer(x)                     # x: [B, T, 64], all tokens update then all apply
         w = layer.reconstruct(x_views)      # FastWeights from the input tokens only
         y = layer.render(w, x_targets)      # [B, Tq, 64]
+        layer.drift(w)                      # [B, 3]: ||W - W0|| / ||W0|| (gate, up, down)
+        w0 = layer.reconstruct(x_views, update=False)   # updates off: W0 for every scene
     """
 
     def __init__(
@@ -137,27 +142,38 @@ class BidirectionalLaCTLayer(nn.Module):
             o = self.o_norm(o)
         return self.o_proj(o.flatten(2))  # [B, T, H, D] -> [B, T, d] -> [B, T, d]
 
-    def forward(self, x: Tensor, *, num_update: int | None = None) -> tuple[Tensor, FastWeights]:
+    def forward(
+        self, x: Tensor, *, num_update: int | None = None, update: bool = True
+    ) -> tuple[Tensor, FastWeights]:
         """Update on the first ``num_update`` tokens (default all), then apply to every token.
 
         Args:
             x: ``[B, T, d]``.
             num_update: tokens (from the start) that write the fast weights.
+            update: ``False`` skips the update (updates-off ablation): every token reads ``W0``.
 
         Returns:
-            ``(y [B, T, d], updated fast weights [B, H, ...])``.
+            ``(y [B, T, d], updated fast weights [B, H, ...])`` (``W0`` when ``update=False``).
         """
         self._check(x)
         t = x.shape[1]
         n = t if num_update is None else num_update
         if not 0 < n <= t:
             raise ValueError(f"num_update ({n}) must be in [1, T = {t}]")
+        if not update:
+            w0 = self.static_weights(x.shape[0])
+            return self.render(w0, x), w0
         o, w = self._run(x, [TTTOp("update", 0, n), TTTOp("apply", 0, t)], None)
         return self._out(o), w
 
-    def reconstruct(self, x_in: Tensor) -> FastWeights:
-        """One update over all input tokens ``x_in [B, T, d]``; returns the fast weights."""
+    def reconstruct(self, x_in: Tensor, *, update: bool = True) -> FastWeights:
+        """One update over all input tokens ``x_in [B, T, d]``; returns the fast weights.
+
+        With ``update=False`` (updates-off ablation) returns ``W0`` expanded over the batch.
+        """
         self._check(x_in)
+        if not update:
+            return self.static_weights(x_in.shape[0])
         _, w = self._run(x_in, [TTTOp("update", 0, x_in.shape[1])], None)
         return w
 
@@ -166,6 +182,24 @@ class BidirectionalLaCTLayer(nn.Module):
         self._check(x_query)
         o, _ = self._run(x_query, [TTTOp("apply", 0, x_query.shape[1])], weights)
         return self._out(o)
+
+    def static_weights(self, batch: int) -> FastWeights:
+        """``W0`` expanded (no copy) to ``[batch, H, ...]``: the fast weights with updates off."""
+        w0 = (self.w_gate, self.w_up, self.w_down)
+        return FastWeights(*(w.expand(batch, *w.shape) for w in w0))
+
+    def drift(self, weights: FastWeights) -> Tensor:
+        """Relative change of each fast-weight matrix from ``W0``: ``[B, 3]`` (gate, up, down).
+
+        ``||W - W0||_F / ||W0||_F`` per head, averaged over heads; 0 when nothing was updated.
+        """
+        out = []
+        for w, w0 in zip(weights, (self.w_gate, self.w_up, self.w_down), strict=True):
+            if w is None:
+                raise ValueError("drift needs all three SwiGLU fast weights, got None")
+            num = (w - w0).flatten(-2).norm(dim=-1)  # [B, H]
+            out.append((num / w0.flatten(-2).norm(dim=-1)).mean(-1))
+        return torch.stack(out, dim=-1)
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size or x.shape[1] < 1:
