@@ -26,7 +26,7 @@ def test_nvs_train_eval_render(tmp_path: Path) -> None:
     assert (ck / "model.safetensors").exists() and "done: 2 steps" in r.output
     r = _run("eval", "--checkpoint", ck, "--scenes", 2, "--inputs", "1,2", "--targets", 1)
     assert r.exit_code == 0, r.output
-    assert "| 1 |" in r.stdout and "| 2 |" in r.stdout
+    assert "| 1 |" in r.stdout and "| 2 |" in r.stdout and "updates-off" in r.stdout
     r = _run("render", "--checkpoint", ck, "--out", png, "--scenes", 1, "--inputs", 2,
              "--targets", 1)  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -41,6 +41,7 @@ BAD_NVS = [
     ["train", "--steps", "0"],
     ["train", "--preset", "huge"],
     ["train", "--mixer", "mamba"],
+    ["train", "--style", "photoreal"],
     ["train", "--size", "4"],
     ["train", "--out", "{tmp}/file.txt"],
     ["eval", "--checkpoint", "{tmp}/missing"],

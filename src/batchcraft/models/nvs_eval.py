@@ -88,17 +88,26 @@ def mean_colour_baseline(inp: SceneViews, tgt: SceneViews) -> Tensor:
 
 @torch.no_grad()
 def evaluate_nvs(
-    model: NVSModel, data: SceneViews, *, num_inputs: int, num_targets: int = 2, batch: int = 16
+    model: NVSModel,
+    data: SceneViews,
+    *,
+    num_inputs: int,
+    num_targets: int = 2,
+    batch: int = 16,
+    update: bool = True,
 ) -> dict[str, float]:
     """PSNR / SSIM on held-out scenes (first ``num_inputs`` views in, next ``num_targets`` out),
-    and the PSNR of the mean-colour baseline."""
+    and the PSNR of the mean-colour baseline. ``update=False`` evaluates the LaCT updates-off
+    ablation (every layer keeps ``W0``)."""
     model.eval()
     ps, ss, base = [], [], []
     for s in range(0, len(data), batch):
         scenes = torch.arange(s, min(s + batch, len(data)))
         inp, tgt = split_views(data, scenes, num_inputs, num_targets, None)
         pred = model.render(
-            model.reconstruct(inp.images, inp.origins, inp.dirs), tgt.origins, tgt.dirs
+            model.reconstruct(inp.images, inp.origins, inp.dirs, update=update),
+            tgt.origins,
+            tgt.dirs,
         )
         ps.append(psnr(pred, tgt.images).flatten())
         ss.append(ssim(pred, tgt.images).flatten())
