@@ -174,9 +174,9 @@ def test_dropout_between_layers_only_in_training() -> None:
     torch.manual_seed(0)
     c = m(x)[0]
     assert (c - a).abs().max() > 1e-6
-    one = (
-        LayerNormLSTM(3, 5, num_layers=1, dropout=0.5).double().train()
-    )  # no dropout after the last layer
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        one = LayerNormLSTM(3, 5, num_layers=1, dropout=0.5).double().train()
+    # no dropout after the last layer
     assert torch.equal(one(x)[0], one(x)[0])
 
 
@@ -228,9 +228,8 @@ def test_module_fast_paths_equal_naive(impl: str, mode: str) -> None:
     res = []
     for im in ("naive", impl):
         torch.manual_seed(0)
-        m = LayerNormLSTM(
-            3, 5, num_layers=2, bidirectional=True, batch_first=True, impl=im
-        ).double()
+        m = PAIRS[mode][0](3, 5, num_layers=2, bidirectional=True, batch_first=True, impl=im)
+        m = m.double()
         xl = x.clone().requires_grad_(True)
         outs = _flat(m(pack_padded_sequence(xl, lens, batch_first=True, enforce_sorted=False)))
         sum((o * (k + 1.0)).sin().sum() for k, o in enumerate(outs)).backward()
@@ -270,3 +269,104 @@ def test_convergence_smoke_digits() -> None:
         torch.set_num_threads(threads)
     assert s_ln is not None and s_plain is not None
     assert s_ln <= 1.2 * s_plain
+
+
+# ---- drop-in compatibility with nn.LSTM / nn.GRU user code ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"num_layers": 2, "bidirectional": True}, {"num_layers": 3, "bias": False}],
+    ids=["1layer", "2layers_bidir", "3layers_nobias"],
+)
+def test_all_weights_and_flat_weights_match_torch(mode: str, kw: dict) -> None:
+    ours, ref = _pair(mode, torch.float64, **kw)
+    assert ours._flat_weights_names == ref._flat_weights_names
+    assert ours._all_weights == ref._all_weights
+    assert len(ours._flat_weights) == len(ref._flat_weights)
+    for a, e in zip(ours._flat_weights, ref._flat_weights, strict=True):
+        assert isinstance(a, nn.Parameter) and torch.equal(a, e)
+    assert [[tuple(p.shape) for p in layer] for layer in ours.all_weights] == [
+        [tuple(p.shape) for p in layer] for layer in ref.all_weights
+    ]
+    for la, le in zip(ours.all_weights, ref.all_weights, strict=True):
+        for a, e in zip(la, le, strict=True):
+            assert torch.equal(a, e)
+    # they are the module's own parameters (an init over all_weights changes the module)
+    ours_ln = PAIRS[mode][0](3, 5, **kw)
+    names = {id(p): n for n, p in ours_ln.named_parameters()}
+    listed = [names[id(p)] for layer in ours_ln.all_weights for p in layer]
+    assert listed == ours_ln._flat_weights_names
+    assert not any(n.startswith("ln_") for n in listed)  # LN gains/shifts are not torch weights
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_flatten_parameters_is_a_noop(mode: str) -> None:
+    m = PAIRS[mode][0](3, 5, num_layers=2).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    before = [p.clone() for p in m.parameters()]
+    out = m(x)[0]
+    assert m.flatten_parameters() is None
+    assert torch.equal(m(x)[0], out)
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tbi", "bti"])
+def test_zero_time_steps_is_a_clear_error(mode: str, batch_first: bool) -> None:
+    m = PAIRS[mode][0](3, 5, batch_first=batch_first)
+    x = torch.randn(2, 0, 3) if batch_first else torch.randn(0, 2, 3)
+    with pytest.raises(ValueError, match=r"no time steps \(T = 0\)"):
+        m(x)
+    with pytest.raises(ValueError, match=r"T = 0"):
+        m(torch.randn(0, 3))  # unbatched
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("impl", ["naive", "hoisted", "fused"])
+@pytest.mark.parametrize("layer_norm", [True, False], ids=["ln", "noln"])
+def test_empty_batch_gives_empty_result_like_torch(mode: str, impl: str, layer_norm: bool) -> None:
+    ours_cls, torch_cls = PAIRS[mode]
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True}
+    m = ours_cls(3, 5, impl=impl, layer_norm=layer_norm, **kw)
+    ref = torch_cls(3, 5, **kw)
+    x = torch.randn(0, 4, 3, requires_grad=True)  # B = 0, T = 4
+    out, st = m(x)
+    out_r, st_r = ref(x)
+    assert out.shape == out_r.shape == (0, 4, 10)
+    for a, e in zip(
+        st if mode == "lstm" else (st,), st_r if mode == "lstm" else (st_r,), strict=True
+    ):
+        assert a.shape == e.shape == (4, 0, 5)
+    out.sum().backward()  # an empty batch still back-propagates (to zero gradients)
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.parameters())
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_dtype_mismatch_says_what_to_do(mode: str) -> None:
+    m = PAIRS[mode][0](3, 5)  # fp32 module
+    x64 = torch.randn(4, 2, 3, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"input\.to\(torch\.float32\).*model\.to\(torch\.float64\)"
+    ):
+        m(x64)
+    h64 = torch.zeros(1, 2, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="hidden state dtype"):
+        m(x64.float(), (h64, h64) if mode == "lstm" else h64)
+
+
+def test_dropout_with_one_layer_warns_like_torch() -> None:
+    for cls, tcls in PAIRS.values():
+        with pytest.warns(UserWarning) as ours:
+            cls(3, 5, dropout=0.2)
+        with pytest.warns(UserWarning) as theirs:
+            tcls(3, 5, dropout=0.2)
+        assert str(ours[0].message) == str(theirs[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LayerNormLSTM(3, 5, num_layers=2, dropout=0.2)  # no warning when it applies
+        LayerNormGRU(3, 5, dropout=0.0)

@@ -51,6 +51,8 @@ def _compiled(step: Callable[..., Any]) -> Callable[..., Any]:
 def _check(x: Tensor, state: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor, gates: int) -> None:
     if x.dim() != 3:
         raise ValueError(f"x must be time-major [T, B, I], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no time steps (T = 0); sequences need at least one step")
     hid = w_hh.shape[1]
     if w_ih.shape != (gates * hid, x.shape[2]) or w_hh.shape != (gates * hid, hid):
         raise ValueError(
@@ -61,6 +63,11 @@ def _check(x: Tensor, state: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor, gat
     for s in state:
         if s.shape != (x.shape[1], hid):
             raise ValueError(f"state must be [B, H] = [{x.shape[1]}, {hid}], got {tuple(s.shape)}")
+    for name, t in (("weights", w_ih), *(("state", s) for s in state)):
+        if t.dtype != x.dtype:
+            raise ValueError(
+                f"x is {x.dtype} but the {name} are {t.dtype}; convert one so that they match"
+            )
 
 
 def _has_ln(p: LSTMParams | GRUParams) -> bool:
