@@ -7,18 +7,20 @@ avoid ``torch.tanh`` (on CPU it costs ~5x ``torch.sigmoid``):
 * **Input path** (hoisted, autograd): one GEMM and one ``layer_norm`` call for all steps, with
   ``b_ih``, ``b_hh`` and the LN shift of the recurrent path folded into the LN shift (all are
   added to the same pre-activation).
-* **tanh through sigmoid**, exactly: ``tanh(x) = 2σ(2x) - 1``. The factor 2 is folded into the
-  LN gains/shifts that feed each tanh (the LSTM's ``g`` slice and cell LN, the GRU's candidate),
-  so one ``sigmoid`` call covers all four LSTM gates.
-* **Forward loop** (~12 ops/step): the recurrent GEMM writes into a saved buffer, gains are applied
-  by ``native_layer_norm``, gates / cell / output go into saved buffers with ``out=``. LN statistics
-  and normalised values are not saved: the backward recomputes them (same rows, same kernel).
+* **tanh through sigmoid**, exactly: ``tanh(v) = 1 - 2σ(-2v)``. The factor -2 is folded into
+  the LN gains/shifts that feed each tanh (the LSTM's ``g`` slice and cell LN, the GRU's
+  candidate), so one ``sigmoid`` call covers all four LSTM gates and the products with a tanh
+  become single ``addcmul`` calls (``i·tanh(g) = i - 2·i·σ(-2g)``, ``o·tanh(y) = o - 2·o·σ(-2y)``).
+* **Forward loop** (9 ops/step for the LSTM, 10 for the GRU, GEMM included): the recurrent GEMM
+  writes into a saved buffer, gains are applied by ``native_layer_norm``, gates / cell / output go
+  into saved buffers with ``out=``. LN statistics and normalised values are not saved: the
+  backward recomputes them (same rows, same kernel).
 * **Backward loop**: every factor that does not depend on the incoming gradient (gate
   derivatives, ``γ·r`` of each LN, the normalised values) is computed for a block of steps in a few
   batched ops, with blocks small enough to stay in cache; the sequential part is 9 ops/step (LSTM)
   or 6 (GRU) besides the recurrent GEMM. The LN backward ``dx = q - mean(q) - x̂·mean(q·x̂)``
   (``q = r·γ·dy``) is a rank-2 correction done as one ``bmm`` and one ``baddbmm`` with the basis
-  ``U = [1, x̂]/sqrt(F)``: ``dx = q - (q Uᵀ) U``. ``dW_hh`` is one GEMM per block.
+  ``U = [1, x̂]/sqrt(F)``: ``dx = q - (q Uᵀ) U``. ``dW_hh`` is one GEMM over all steps.
 
 ``reverse`` processes the steps backwards (buffers are kept in processing order); ``lengths`` hold
 the state of finished rows and output 0, as ``torch.nn.LSTM`` does with packed input. Paper
@@ -144,7 +146,7 @@ class _LNLSTMLoop(torch.autograd.Function):
         hid = g4 // 4
         d_outs = d_out.unbind(0)[::-1] if ctx.reverse else d_out.unbind(0)  # processing order
         d_gi = torch.empty_like(act)
-        d_w, d_lnh_w = torch.zeros_like(w_hh), torch.zeros_like(ln_hh_w)
+        d_lnh_w = torch.zeros_like(ln_hh_w)
         d_lnc_w, d_lnc_b = torch.zeros_like(ln_c_w), torch.zeros_like(ln_c_w)
         dh_all, dc_all = torch.empty_like(hs), torch.empty_like(cs)  # d h_t, d c_t (new values)
         dh_k, dc_k = dh_all.unbind(0), dc_all.unbind(0)
@@ -157,6 +159,7 @@ class _LNLSTMLoop(torch.autograd.Function):
             torch.add(d_outs[-1], d_hn, out=dh_k[-1])
         q_h = act.new_empty(bsz, 4, hid)
         q_h3, q_ho, q_hf = q_h[:, :3], q_h[:, 3], q_h.view(bsz, 1, g4)
+        dgh_all = torch.empty_like(act)  # gradient of W_hh h_{t-1}, for one dW_hh GEMM at the end
         blk = _block_size(t_len, bsz * g4)
         for t1 in range(t_len, 0, -blk):
             t0 = max(0, t1 - blk)
@@ -176,7 +179,7 @@ class _LNLSTMLoop(torch.autograd.Function):
             k_a = (k_cn * (-2.0 * ln_c_w)).mul_(r_c)  # dh -> q of the LN_c backward
             k_b = (k_gate.view(n, bsz, g4) * ln_hh_w).mul_(r_h).view(n, bsz, 4, hid)
             u_h, u_cb = _ln_basis(ghat, g4), _ln_basis(chat, hid)  # [n, B, 2, 4H], [n, B, 2, H]
-            dgh = torch.empty_like(ghat)  # gradient of W_hh h_{t-1}
+            dgh = dgh_all[t0:t1]
             k_a_k, k_b3, k_bo = k_a.unbind(0), k_b[:, :, :3].unbind(0), k_b[:, :, 3].unbind(0)
             u_h_k, u_c_k = u_h.unbind(0), u_cb.unbind(0)
             u_h_t, u_c_t = u_h.mT.unbind(0), u_cb.mT.unbind(0)
@@ -217,7 +220,7 @@ class _LNLSTMLoop(torch.autograd.Function):
             d_pc = dh_b * k_cn  # -½ the gradient of the LN_c output
             d_lnc_w -= 2.0 * (d_pc * chat).sum((0, 1))
             d_lnc_b -= 2.0 * d_pc.sum((0, 1))
-            d_w.addmm_(dgh.view(-1, g4).t(), _prev(hs, h0, t0, t1).reshape(-1, hid))
+        d_w = dgh_all.view(-1, g4).t() @ _prev(hs, h0, 0, t_len).reshape(-1, hid)  # [4H, H]
         if ctx.reverse:
             d_gi = d_gi.flip(0)
         return d_gi, carry_h, carry_c, d_w, d_lnh_w, d_lnc_w, d_lnc_b, None, None, None
@@ -280,7 +283,6 @@ class _LNGRULoop(torch.autograd.Function):
         hid = g3 // 3
         d_outs = d_out.unbind(0)[::-1] if ctx.reverse else d_out.unbind(0)  # processing order
         d_gi = torch.empty_like(act)
-        d_w = torch.zeros_like(w_hh)
         d_w_rz, d_w_n, d_b_n = torch.zeros_like(w_rz), torch.zeros_like(w_n), torch.zeros_like(b_n)
         dh_all = torch.empty_like(hs)
         dh_k, z_k = dh_all.unbind(0), act[:, :, hid : 2 * hid].unbind(0)
@@ -295,6 +297,7 @@ class _LNGRULoop(torch.autograd.Function):
         group = act.new_tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
         w_q = torch.cat([w_rz, w_n]).view(3, hid)
         scale = act.new_tensor([2 * hid, 2 * hid, hid]).rsqrt().view(3, 1)
+        dgh_all = torch.empty_like(act)  # gradient of W_hh h_{t-1}, for one dW_hh GEMM at the end
         blk = _block_size(t_len, bsz * g3)
         for t1 in range(t_len, 0, -blk):
             t0 = max(0, t1 - blk)
@@ -323,7 +326,7 @@ class _LNGRULoop(torch.autograd.Function):
             torch.mul(hat_rz.view(n_b, bsz, 2, hid), scale[:2], out=u_b[:, :, :2, 1])
             torch.mul(hat_n, scale[2], out=u_b[:, :, 2, 1])
             u_b = u_b.view(n_b, bsz * 3, 2, hid)
-            dgh = torch.empty_like(act[t0:t1])
+            dgh = dgh_all[t0:t1]
             k_q_k, u_k, u_t = k_q.unbind(0), u_b.unbind(0), u_b.mT.unbind(0)
             dgh_k = dgh.view(n_b, bsz * 3, 1, hid).unbind(0)
             for k in range(n_b - 1, -1, -1):
@@ -350,7 +353,7 @@ class _LNGRULoop(torch.autograd.Function):
             d_yn = dgi[:, :, 2] * r
             d_w_n += (d_yn * hat_n).sum((0, 1))
             d_b_n += d_yn.sum((0, 1))
-            d_w.addmm_(dgh.view(-1, g3).t(), h_prev.reshape(-1, hid))
+        d_w = dgh_all.view(-1, g3).t() @ _prev(hs, h0, 0, t_len).reshape(-1, hid)  # [3H, H]
         if ctx.reverse:
             d_gi = d_gi.flip(0)
         d_rz, d_n = d_gi.split([2 * hid, hid], 2)
