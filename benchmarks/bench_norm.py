@@ -115,12 +115,12 @@ def bench_norm(quick: bool = False) -> dict[str, Any]:
 
 def _lstm_pair(
     mode: str, inp: int, hid: int, device: str
-) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module, torch.nn.Module]:
     from batchcraft.nn.rnn import LayerNormGRU, LayerNormLSTM
 
     cls, tcls = (LayerNormLSTM, torch.nn.LSTM) if mode == "lstm" else (LayerNormGRU, torch.nn.GRU)
     ref = tcls(inp, hid).to(device)
-    ours = cls(inp, hid).to(device)  # impl="auto": fused BPTT for the LSTM, hoisted for the GRU
+    ours = cls(inp, hid).to(device)  # impl="auto": the fused loop with a hand-written backward
     hoisted = cls(inp, hid, impl="hoisted").to(device)
     naive = cls(inp, hid, impl="naive").to(device)
     naive.load_state_dict(ours.state_dict())
@@ -128,56 +128,85 @@ def _lstm_pair(
     return ref, ours, hoisted, naive
 
 
+def _best_ms(fn: Any, calls: int, device: str) -> float:
+    return 1e3 * timeit(fn, warmup=0, repeat=calls, device=device)["min_s"]
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the per-run values."""
+    v = sorted(values)
+    return v[len(v) // 2], v[0], v[-1]
+
+
+def _lnlstm_row(
+    mode: str, bsz: int, hid: int, t_len: int, device: str, runs: int
+) -> dict[str, Any]:
+    """One (mode, B, H) case: correctness gate, then ``runs`` interleaved timings of torch and ours."""
+    ref, ours, hoisted, naive = _lstm_pair(mode, hid, hid, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(t_len, bsz, hid, generator=g, device=device)
+    # correctness gate in fp64 on the first 20 steps of this input (fp32 rounding differences
+    # between two exact paths grow chaotically over 100 LN steps, to ~5e-4)
+    with torch.no_grad():
+        x64 = x[:20].double()
+        a, b_ = ours.double()(x64)[0], naive.double()(x64)[0]
+        ours.float(), naive.float()
+    if (a - b_).abs().max().item() > 1e-9:
+        raise RuntimeError(f"{mode}: fused != naive on the benchmark input")
+
+    def fwd(m: torch.nn.Module) -> Any:
+        return m(x)
+
+    def fwd_bwd(m: torch.nn.Module) -> None:
+        m(x)[0].sum().backward()
+
+    for m in (ref, ours):  # warm-up (allocator, caches)
+        fwd_bwd(m)
+    times: dict[str, list[float]] = {k: [] for k in ("tf", "tfb", "of", "ofb")}
+    for _ in range(runs):
+        for key, m in (("t", ref), ("o", ours)):
+            times[key + "f"].append(_best_ms(lambda m=m: fwd(m), 2, device))
+            times[key + "fb"].append(_best_ms(lambda m=m: fwd_bwd(m), 2, device))
+    ratio_fb = _spread([o / t for o, t in zip(times["ofb"], times["tfb"], strict=True)])
+    ratio_f = _spread([o / t for o, t in zip(times["of"], times["tf"], strict=True)])
+    row: dict[str, Any] = {"rnn": mode, "T": t_len, "B": bsz, "H": hid}
+    row["torch (no LN) fwd+bwd ms"] = _spread(times["tfb"])[0]
+    row["ours LN fwd+bwd ms"] = _spread(times["ofb"])[0]
+    row["ours/torch fwd+bwd"] = ratio_fb[0]
+    row["ours/torch fwd+bwd min"], row["ours/torch fwd+bwd max"] = ratio_fb[1:]
+    row["ours/torch fwd"] = ratio_f[0]
+    row["ours/torch fwd min"], row["ours/torch fwd max"] = ratio_f[1:]
+    if mode == "lstm":
+        row["hoisted LN fwd+bwd ms"] = _best_ms(lambda: fwd_bwd(hoisted), 2, device)
+    if hid <= 256 and bsz <= 16:  # the naive loop is slow; one size is enough
+        row["naive LN fwd+bwd ms"] = _best_ms(lambda: fwd_bwd(naive), 1, device)
+        row["naive/ours fwd+bwd"] = row["naive LN fwd+bwd ms"] / row["ours LN fwd+bwd ms"]
+    return row
+
+
 @register_benchmark(
     "lnlstm", description="LN-LSTM/LN-GRU fwd and fwd+bwd vs nn.LSTM/GRU (no LN) vs naive loop"
 )
-def bench_lnlstm(quick: bool = False) -> dict[str, Any]:
-    """T=100, (B, H) in {(16, 256), (64, 256), (64, 512)}, I=H: ms per batch and ratios to torch."""
+def bench_lnlstm(quick: bool = False, runs: int = 3) -> dict[str, Any]:
+    """T=100, (B, H) in {(16, 256), (64, 256), (64, 512)}, I=H, LSTM and GRU.
+
+    Each ratio ours/torch is measured ``runs`` times (torch and ours interleaved within a run,
+    each the best of 2 calls) and reported as the median with the min and max over the runs, so
+    the noise of a shared machine is visible. The hoisted (autograd) and naive loops are timed
+    once, for reference.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t_len = 50 if quick else 100
     configs = [(16, 256)] if quick else [(16, 256), (64, 256), (64, 512)]
-    modes = ["lstm"] if quick else ["lstm", "gru"]
-    rows: list[dict[str, Any]] = []
-    for mode in modes:
-        for bsz, hid in configs if mode == "lstm" else configs[1:2]:  # GRU: B=64, H=256 only
-            inp = hid
-            ref, ours, hoisted, naive = _lstm_pair(mode, inp, hid, device)
-            g = torch.Generator(device=device).manual_seed(0)
-            x = torch.randn(t_len, bsz, inp, generator=g, device=device)
-            # correctness gate in fp64 on the first 20 steps of this input (fp32 rounding differences
-            # between the two exact paths grow chaotically over 100 LN steps, to ~5e-4)
-            with torch.no_grad():
-                x64 = x[:20].double()
-                a, b_ = ours.double()(x64)[0], naive.double()(x64)[0]
-                ours.float(), naive.float()
-            if (a - b_).abs().max().item() > 1e-9:
-                raise RuntimeError(f"{mode}: hoisted != naive on the benchmark input")
-            row: dict[str, Any] = {"rnn": mode, "T": t_len, "B": bsz, "H": hid}
-            named = [("torch (no LN)", ref), ("ours LN", ours)]
-            if (
-                hid <= 256
-            ):  # the naive loop is slow; compare it where the target is set (B=64, H=256)
-                named.append(("naive LN", naive))
-            if mode == "lstm":
-                named.insert(2, ("hoisted LN", hoisted))
-            for name, m in named:
-                rep, warm = (1, 0) if name == "naive LN" else (3, 1)  # the naive loop is slow
-                if name != "naive LN":  # the naive loop is timed fwd+bwd only
-                    tf = timeit(lambda m=m, x=x: m(x), warmup=warm, repeat=rep, device=device)
-                    row[f"{name} fwd ms"] = 1e3 * tf["min_s"]
-                tfb = timeit(
-                    lambda m=m, x=x: m(x)[0].sum().backward(),
-                    warmup=warm,
-                    repeat=rep,
-                    device=device,
-                )
-                row[f"{name} fwd+bwd ms"] = 1e3 * tfb["min_s"]
-            row["ours/torch fwd+bwd"] = row["ours LN fwd+bwd ms"] / row["torch (no LN) fwd+bwd ms"]
-            if "naive LN fwd+bwd ms" in row:
-                row["naive/ours fwd+bwd"] = row["naive LN fwd+bwd ms"] / row["ours LN fwd+bwd ms"]
-            rows.append(row)
-    print_table(rows, title=f"lnlstm on {device} ({torch.get_num_threads()} threads)")
-    result = {"rows": rows, "device": device, "threads": torch.get_num_threads()}
+    rows = [
+        _lnlstm_row(mode, bsz, hid, t_len, device, runs)
+        for mode in ("lstm", "gru")
+        for bsz, hid in configs
+    ]
+    threads = torch.get_num_threads()
+    title = f"lnlstm on {device} ({threads} threads; ratios: median, min, max of {runs} runs)"
+    print_table(rows, title=title)
+    result = {"rows": rows, "device": device, "threads": threads, "runs": runs}
     write_result("lnlstm", result)
     return result
 

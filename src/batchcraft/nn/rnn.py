@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -62,8 +63,16 @@ class _LayerNormRNNBase(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        if not 0.0 <= float(dropout) <= 1.0:
+        if isinstance(dropout, bool) or not 0.0 <= float(dropout) <= 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+        if dropout > 0 and num_layers == 1:  # same warning, same category as torch.nn.LSTM
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                UserWarning,
+                stacklevel=2,
+            )
         if proj_size != 0:
             raise NotImplementedError("proj_size != 0 (LSTMP) is not supported; use proj_size=0")
         if impl not in IMPLS:
@@ -76,9 +85,13 @@ class _LayerNormRNNBase(nn.Module):
         gates = 4 if self.mode == "LSTM" else 3
         kw: dict[str, Any] = {"device": device, "dtype": dtype}
         dirs = 2 if bidirectional else 1
+        # torch's bookkeeping of the recurrent weights (LN parameters are not part of it)
+        self._all_weights: list[list[str]] = []
         for k in range(num_layers):
             in_k = input_size if k == 0 else hidden_size * dirs
             for sfx in self._suffixes():
+                names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+                self._all_weights.append([f"{n}_l{k}{sfx}" for n in names])
                 self._param(f"weight_ih_l{k}{sfx}", (gates * hidden_size, in_k), kw)
                 self._param(f"weight_hh_l{k}{sfx}", (gates * hidden_size, hidden_size), kw)
                 if bias:
@@ -89,6 +102,27 @@ class _LayerNormRNNBase(nn.Module):
                         self._param(f"{ln}_weight_l{k}{sfx}", (units * hidden_size,), kw)
                         self._param(f"{ln}_bias_l{k}{sfx}", (units * hidden_size,), kw)
         self.reset_parameters()
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        return [n for names in self._all_weights for n in names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """The recurrent weights in torch's flat order (``weight_ih_l0``, ``weight_hh_l0``, ...)."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Per layer and direction ``[weight_ih, weight_hh, bias_ih, bias_hh]``, as ``nn.LSTM``.
+
+        Only torch's parameters: the LayerNorm gains and shifts (``ln_*``) are not listed, so code
+        written for ``nn.LSTM`` (e.g. an orthogonal init over ``all_weights``) keeps working.
+        """
+        return [[getattr(self, n) for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for ``nn.LSTM`` compatibility (there is no cuDNN weight buffer to compact)."""
 
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
@@ -181,6 +215,14 @@ class _LayerNormRNNBase(nn.Module):
             raise ValueError(
                 f"input has {x.shape[-1]} features, expected input_size={self.input_size}"
             )
+        if x.shape[0] == 0:  # torch.nn.LSTM raises too; an empty batch (B = 0) is fine
+            raise ValueError("input has no time steps (T = 0); sequences need at least one step")
+        w_dtype = self.weight_ih_l0.dtype
+        if x.dtype != w_dtype:  # torch's wording
+            raise ValueError(
+                f"RNN input dtype ({x.dtype}) does not match weight dtype ({w_dtype}). Convert "
+                f"input: input.to({w_dtype}), or convert model: model.to({x.dtype})"
+            )
         states = self._initial_states(hx, x, unbatched)
         dirs = len(self._suffixes())
         h_out: list[list[Tensor]] = [[] for _ in states]
@@ -242,6 +284,11 @@ class _LayerNormRNNBase(nn.Module):
             if tuple(s.shape) != want:
                 raise ValueError(
                     f"hidden state must have shape {want} [L*D, B, H], got {tuple(s.shape)}"
+                )
+            if s.dtype != x.dtype:
+                raise ValueError(
+                    f"hidden state dtype ({s.dtype}) does not match input dtype ({x.dtype}); "
+                    f"convert it with .to({x.dtype})"
                 )
             out.append(s.unsqueeze(1) if unbatched else s)
         return tuple(out)

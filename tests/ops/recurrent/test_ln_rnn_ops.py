@@ -65,7 +65,7 @@ def LN(v: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> 
     return (v - mu) / sd * w + b
 
 
-def eq_lstm(x, h, c, p: LSTMParams, per_gate: bool = False):
+def eq_lstm(x, h, c, p: LSTMParams, per_gate: bool = False, eps: float = 1e-5):
     """Supplement eqs. 20-22 literally (per_gate: TF1 LayerNormBasicLSTMCell-style variant)."""
     outs = []
     for t in range(x.shape[0]):
@@ -77,6 +77,7 @@ def eq_lstm(x, h, c, p: LSTMParams, per_gate: bool = False):
                         wx[:, k * H : (k + 1) * H],
                         p.ln_ih_weight[k * H : (k + 1) * H],
                         p.ln_ih_bias[k * H : (k + 1) * H],
+                        eps,
                     )
                     for k in range(4)
                 ],
@@ -88,17 +89,21 @@ def eq_lstm(x, h, c, p: LSTMParams, per_gate: bool = False):
                         wh[:, k * H : (k + 1) * H],
                         p.ln_hh_weight[k * H : (k + 1) * H],
                         p.ln_hh_bias[k * H : (k + 1) * H],
+                        eps,
                     )
                     for k in range(4)
                 ],
                 -1,
             )
         else:
-            lx, lh = LN(wx, p.ln_ih_weight, p.ln_ih_bias), LN(wh, p.ln_hh_weight, p.ln_hh_bias)
+            lx, lh = (
+                LN(wx, p.ln_ih_weight, p.ln_ih_bias, eps),
+                LN(wh, p.ln_hh_weight, p.ln_hh_bias, eps),
+            )
         a = lh + lx + p.bias_ih + p.bias_hh
         i, f, gg, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-        cn = LN(c, p.ln_c_weight, p.ln_c_bias)
+        cn = LN(c, p.ln_c_weight, p.ln_c_bias, eps)
         h = torch.sigmoid(o) * torch.tanh(cn)
         if per_gate:
             c = cn
@@ -106,22 +111,22 @@ def eq_lstm(x, h, c, p: LSTMParams, per_gate: bool = False):
     return torch.stack(outs), h, c
 
 
-def eq_gru(x, h, p: GRUParams):
+def eq_gru(x, h, p: GRUParams, eps: float = 1e-5):
     outs = []
     for t in range(x.shape[0]):
         wx, wh = x[t] @ p.weight_ih.T, h @ p.weight_hh.T
         bi, bh = p.bias_ih, p.bias_hh
         rz = torch.sigmoid(
-            LN(wx[:, : 2 * H], p.ln_ih_rz_weight, p.ln_ih_rz_bias)
-            + LN(wh[:, : 2 * H], p.ln_hh_rz_weight, p.ln_hh_rz_bias)
+            LN(wx[:, : 2 * H], p.ln_ih_rz_weight, p.ln_ih_rz_bias, eps)
+            + LN(wh[:, : 2 * H], p.ln_hh_rz_weight, p.ln_hh_rz_bias, eps)
             + bi[: 2 * H]
             + bh[: 2 * H]
         )
         r, z = rz[:, :H], rz[:, H:]
         n = torch.tanh(
-            LN(wx[:, 2 * H :], p.ln_ih_n_weight, p.ln_ih_n_bias)
+            LN(wx[:, 2 * H :], p.ln_ih_n_weight, p.ln_ih_n_bias, eps)
             + bi[2 * H :]
-            + r * (LN(wh[:, 2 * H :], p.ln_hh_n_weight, p.ln_hh_n_bias) + bh[2 * H :])
+            + r * (LN(wh[:, 2 * H :], p.ln_hh_n_weight, p.ln_hh_n_bias, eps) + bh[2 * H :])
         )
         h = (1 - z) * n + z * h
         outs.append(h)
@@ -133,23 +138,25 @@ def _inputs(seed: int):
     return tuple(_rand(g, *s, scale=1.0) for s in ((T, B, I), (B, H), (B, H)))
 
 
+@pytest.mark.parametrize("eps", [1e-5, 0.1])
 @pytest.mark.parametrize("impl", ["naive", "hoisted", "fused"])
 @pytest.mark.parametrize("variant", ["paper", "per_gate"])
-def test_ln_lstm_matches_equations(impl: str, variant: str) -> None:
+def test_ln_lstm_matches_equations(impl: str, variant: str, eps: float) -> None:
     x, h0, c0 = _inputs(0)
     p = lstm_params(1)
-    out, (h, c) = ln_lstm(x, (h0, c0), p, impl=impl, variant=variant)
-    e_out, e_h, e_c = eq_lstm(x, h0, c0, p, per_gate=variant == "per_gate")
+    out, (h, c) = ln_lstm(x, (h0, c0), p, impl=impl, variant=variant, eps=eps)
+    e_out, e_h, e_c = eq_lstm(x, h0, c0, p, per_gate=variant == "per_gate", eps=eps)
     for a, b in ((out, e_out), (h, e_h), (c, e_c)):
         assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 0.1])
 @pytest.mark.parametrize("impl", ["naive", "hoisted", "fused"])
-def test_ln_gru_matches_equations(impl: str) -> None:
+def test_ln_gru_matches_equations(impl: str, eps: float) -> None:
     x, h0, _ = _inputs(2)
     p = gru_params(3)
-    out, h = ln_gru(x, h0, p, impl=impl)
-    e_out, e_h = eq_gru(x, h0, p)
+    out, h = ln_gru(x, h0, p, impl=impl, eps=eps)
+    e_out, e_h = eq_gru(x, h0, p, eps=eps)
     assert_close(out, e_out, rtol=0, atol=1e-10)
     assert_close(h, e_h, rtol=0, atol=1e-10)
 

@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from batchcraft.ops.recurrent.hoisted import (
-    _gru_step,
-    _lstm_step,
-    gru_input_path,
-    hoisted_ln_gru,
-    hoisted_ln_lstm,
-    lstm_input_path,
-)
+from batchcraft.ops.recurrent.fused import fused_ln_gru, fused_ln_lstm
+from batchcraft.ops.recurrent.hoisted import _gru_step, _lstm_step, hoisted_ln_gru, hoisted_ln_lstm
 from batchcraft.ops.recurrent.naive import naive_ln_gru, naive_ln_lstm
 from batchcraft.ops.recurrent.params import VARIANTS, GRUParams, LSTMParams, check_variant
 
@@ -56,6 +51,8 @@ def _compiled(step: Callable[..., Any]) -> Callable[..., Any]:
 def _check(x: Tensor, state: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor, gates: int) -> None:
     if x.dim() != 3:
         raise ValueError(f"x must be time-major [T, B, I], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no time steps (T = 0); sequences need at least one step")
     hid = w_hh.shape[1]
     if w_ih.shape != (gates * hid, x.shape[2]) or w_hh.shape != (gates * hid, hid):
         raise ValueError(
@@ -66,11 +63,16 @@ def _check(x: Tensor, state: tuple[Tensor, ...], w_ih: Tensor, w_hh: Tensor, gat
     for s in state:
         if s.shape != (x.shape[1], hid):
             raise ValueError(f"state must be [B, H] = [{x.shape[1]}, {hid}], got {tuple(s.shape)}")
+    for name, t in (("weights", w_ih), *(("state", s) for s in state)):
+        if t.dtype != x.dtype:
+            raise ValueError(
+                f"x is {x.dtype} but the {name} are {t.dtype}; convert one so that they match"
+            )
 
 
-def _has_ln(p: LSTMParams) -> bool:
-    names = ("ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias")
-    return all(getattr(p, n) is not None for n in names)
+def _has_ln(p: LSTMParams | GRUParams) -> bool:
+    """Every LN gain and shift is set (the fused loops need them all)."""
+    return all(getattr(p, f.name) is not None for f in fields(p) if f.name.startswith("ln_"))
 
 
 def _impl(impl: str, auto: str = "hoisted") -> str:
@@ -121,15 +123,7 @@ def ln_lstm(
     if path == "naive":
         return naive_ln_lstm(x, hx, params, **kw)
     if path == "fused" and layer_norm and variant == "paper" and _has_ln(params):
-        from batchcraft.ops.recurrent.fused import fused_ln_lstm_loop
-
-        gi = lstm_input_path(x, params, layer_norm=True, eps=eps, groups=1)  # [T, B, 4H]
-        p = params
-        out, h, c = fused_ln_lstm_loop(
-            gi, hx[0], hx[1], p.weight_hh, p.ln_hh_weight, p.ln_hh_bias,  # type: ignore[arg-type]
-            p.ln_c_weight, p.ln_c_bias, eps, lengths, reverse,  # type: ignore[arg-type]
-        )  # fmt: skip
-        return out, (h, c)
+        return fused_ln_lstm(x, hx, params, eps=eps, lengths=lengths, reverse=reverse)
     step = _compiled(_lstm_step) if path == "compile" else None
     return hoisted_ln_lstm(x, hx, params, step=step, **kw)
 
@@ -170,21 +164,7 @@ def ln_gru(
     }  # fmt: skip
     if path == "naive":
         return naive_ln_gru(x, h0, params, **kw)
-    gru_ln = ("ln_hh_rz_weight", "ln_hh_rz_bias", "ln_hh_n_weight", "ln_hh_n_bias")
-    if (
-        path == "fused"
-        and layer_norm
-        and variant == "paper"
-        and all(getattr(params, n) is not None for n in gru_ln)
-    ):
-        from batchcraft.ops.recurrent.fused import fused_ln_gru_loop
-
-        p = params
-        gi, b_hn = gru_input_path(x, p, layer_norm=True, eps=eps, groups=1)  # [T, B, 3H]
-        ln_n_b = p.ln_hh_n_bias if b_hn is None else p.ln_hh_n_bias + b_hn  # type: ignore[operator]
-        return fused_ln_gru_loop(
-            gi, h0, p.weight_hh, p.ln_hh_rz_weight, p.ln_hh_rz_bias,  # type: ignore[arg-type]
-            p.ln_hh_n_weight, ln_n_b, eps, lengths, reverse,  # type: ignore[arg-type]
-        )  # fmt: skip
+    if path == "fused" and layer_norm and variant == "paper" and _has_ln(params):
+        return fused_ln_gru(x, h0, params, eps=eps, lengths=lengths, reverse=reverse)
     step = _compiled(_gru_step) if path == "compile" else None
     return hoisted_ln_gru(x, h0, params, step=step, **kw)

@@ -73,7 +73,8 @@ def _gru_step(
 
 def _input_path(x: Tensor, weight_ih: Tensor) -> Tensor:
     t, b, i = x.shape
-    return (x.reshape(t * b, i) @ weight_ih.T).view(t, b, -1)  # [T*B, I] @ [I, G*H] -> [T, B, G*H]
+    # [T*B, I] @ [I, G*H] -> [T, B, G*H] (sizes spelled out: B = 0 is a valid empty batch)
+    return (x.reshape(t * b, i) @ weight_ih.T).view(t, b, weight_ih.shape[0])
 
 
 def _run(
