@@ -351,6 +351,8 @@ def _reference_layer(layer, x):
             qt = _rope_ref(qt.reshape(b, t, ha, da), o.rope_theta).reshape(b, t, h, dd)
             kt = _rope_ref(kt.reshape(b, t, ha, da), o.rope_theta).reshape(b, t, h, dd)
         lr = F.softplus(_lin(layer.lr_proj, x) + math.log(math.expm1(o.base_lr)))
+        if o.inner_lr is not None:  # chunk-mean inner loss: token weights 1 at init, step eta
+            lr = lr / o.base_lr * o.inner_lr / o.chunk_size
         beta = torch.sigmoid(_lin(layer.beta_proj, x)) if o.use_momentum else None
         if o.fast_weight == "linear":
             w0 = FastWeights(None, None, layer.w_down)
@@ -361,7 +363,8 @@ def _reference_layer(layer, x):
         else:
             w0 = FastWeights(layer.w_gate, layer.w_up, layer.w_down)
         ot, _ = naive_lact(
-            qt, kt, vt, lr.reshape(b, t, h, 3), w0, chunk_size=o.chunk_size, beta=beta,
+            qt, kt, vt, lr.reshape(b, t, h, 3), w0, beta=beta,
+            chunk_size=o.chunk_size if o.ttt_updates else t + 1,  # off: the static SwiGLU W0
             muon=o.muon if o.use_muon else None, muon_steps=o.muon_steps,
             weight_norm=o.weight_norm, fast_weight=o.fast_weight,
         )  # fmt: skip
@@ -395,6 +398,10 @@ REF_FLAGS = {
     "no_gate_no_momentum": {"output_gate": False, "use_momentum": False},
     "muon_classic_pre": {"use_muon": True, "muon": "classic", "weight_norm": "pre"},
     "swa_only": {"use_ttt": False},
+    "chunk_mean_lr": {"inner_lr": 3.0},
+    "chunk_mean_lr_muon": {"inner_lr": 0.5, "use_muon": True},
+    "updates_off": {"ttt_updates": False},
+    "updates_off_pure_ttt": {"ttt_updates": False, "window_size": 0, "inner_lr": 3.0},
 }
 
 

@@ -1,7 +1,8 @@
 """Datasets and generators: everything runs on embedded or generated data; real data is optional.
 
-* LaCT LM: :func:`associative_recall`, :func:`copy_task` (synthetic), :func:`load_corpus` (CPython
-  standard-library bytes), :class:`ByteBatches`, :class:`ByteTokenizer`.
+* LaCT LM: :class:`RecallTask` / :class:`RecallBatches` / :func:`associative_recall` (recall
+  beyond the attention window), :func:`copy_task`, :func:`load_corpus` (CPython standard-library
+  bytes), :class:`ByteBatches`, :class:`ByteTokenizer`.
 * Tokenized corpora: :func:`prepare_corpus` (text -> memory-mapped token shards), :class:`TokenShards`
   (streamed, resumable, rank-sharded windows with ``cu_seqlens``), :func:`load_tokenizer`,
   :func:`train_bpe`, :func:`bits_per_byte`, :func:`pack_batch`.
@@ -19,7 +20,7 @@ from batchcraft.data.mixture import Mixture, load_jsonl_mixture, make_mixture
 from batchcraft.data.prepare import prepare_corpus
 from batchcraft.data.scenes import SceneViews, random_scene, render_dataset
 from batchcraft.data.shards import ShardBatches, TokenShards, bits_per_byte, pack_batch
-from batchcraft.data.synthetic import associative_recall, copy_task
+from batchcraft.data.synthetic import RecallBatches, RecallTask, associative_recall, copy_task
 from batchcraft.data.text import ByteBatches, ByteTokenizer, load_corpus
 from batchcraft.data.tokenizers import BytesTokenizer, load_tokenizer, train_bpe
 
@@ -30,6 +31,8 @@ __all__ = [
     "GraphData",
     "HGBData",
     "Mixture",
+    "RecallBatches",
+    "RecallTask",
     "SceneViews",
     "ShardBatches",
     "TokenShards",

@@ -52,6 +52,7 @@ class LaCTConfig(LaCTLayerOptions):
     chunk_size: int = 16  # C: tokens per fast-weight update
     window_size: int | None = 16  # W: attention window (None = full attention, 0 = no attention)
     low_rank: int = 8
+    inner_lr: float | None = 32.0  # chunk-mean inner step (None: the paper's summed base_lr)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -88,12 +89,14 @@ class LaCTConfig(LaCTLayerOptions):
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> LaCTConfig:
-        """The config saved by :meth:`to_dict` (older files lack newer fields: defaults apply)."""
+        """The config saved by :meth:`to_dict` (older files lack newer fields: defaults apply,
+        except ``inner_lr``: files written before it existed trained with the paper's summed
+        per-token lr, so a missing ``inner_lr`` reads as ``None``)."""
         names = {f.name for f in fields(LaCTConfig)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown LaCTConfig fields {sorted(unknown)}")
-        return LaCTConfig(**d)
+        return LaCTConfig(**{"inner_lr": None, **d})
 
 
 def lact_tiny(**kw: Any) -> LaCTConfig:
@@ -111,19 +114,23 @@ def lact_small(**kw: Any) -> LaCTConfig:
 
 
 def lact_760m(**kw: Any) -> LaCTConfig:
-    """Paper 760M: d 1536, 24 layers, Ha 24, H 4, C = W = 2048, vocab 32000 (~795M params)."""
+    """Paper 760M: d 1536, 24 layers, Ha 24, H 4, C = W = 2048, vocab 32000 (~795M params).
+
+    The paper's inner lr exactly (``inner_lr=None``: per-token ``base_lr`` 1e-3 summed over C).
+    """
     base = LaCTConfig(
         vocab_size=32000, hidden_size=1536, num_layers=24, num_heads=4, num_attn_heads=24,
-        chunk_size=2048, window_size=2048, low_rank=32,
+        chunk_size=2048, window_size=2048, low_rank=32, inner_lr=None,
     )  # fmt: skip
     return replace(base, **kw)
 
 
 def lact_3b(**kw: Any) -> LaCTConfig:
-    """Paper 3B: d 3072, 24 layers, Ha 24 (the official JSON's 25 does not divide 3072), H 4."""
+    """Paper 3B: d 3072, 24 layers, Ha 24 (the official JSON's 25 does not divide 3072), H 4;
+    the paper's inner lr (``inner_lr=None``)."""
     base = LaCTConfig(
         vocab_size=32000, hidden_size=3072, num_layers=24, num_heads=4, num_attn_heads=24,
-        chunk_size=2048, window_size=2048, low_rank=32,
+        chunk_size=2048, window_size=2048, low_rank=32, inner_lr=None,
     )  # fmt: skip
     return replace(base, **kw)
 

@@ -230,6 +230,42 @@ class LaCTForCausalLM(nn.Module):
         out_cache = LMCache(new_layers) if len(new_layers) == len(self.blocks) else None
         return LMOutput(logits=logits, loss=loss, cache=out_cache)
 
+    @torch.no_grad()
+    def ttt_diagnostics(self, input_ids: Tensor) -> dict[int, dict[str, float]]:
+        """Per LaCT layer, how much its fast weights learn over ``input_ids`` [B, T].
+
+        Runs the model once to capture every LaCT layer's input, then
+        :meth:`batchcraft.nn.LaCTLayer.ttt_diagnostics` on it: ``drift`` (relative change of the
+        fast weights from ``W0`` over the sequence), ``update_norm`` / ``grad_norm`` (relative
+        size of one update, applied and raw), ``output_change`` (updates on vs off) and more.
+
+        Returns:
+            ``{layer index: {name: value}}`` for the layers with a LaCT TTT branch (empty for
+            attention-only and TTT-Linear models).
+        """
+        self._check_ids(input_ids, None)
+        layers = {
+            i: b.mix
+            for i, b in enumerate(self.blocks)
+            if isinstance(b.mix, LaCTLayer) and b.mix.use_ttt
+        }
+        seen: dict[int, Tensor] = {}
+        hooks = [
+            layer.register_forward_pre_hook(
+                lambda _m, args, i=i: seen.__setitem__(i, args[0].detach())
+            )
+            for i, layer in layers.items()
+        ]
+        was = self.training
+        self.eval()
+        try:
+            self(input_ids)
+        finally:
+            for hk in hooks:
+                hk.remove()
+            self.train(was)
+        return {i: layer.ttt_diagnostics(seen[i]) for i, layer in layers.items()}
+
     def _check_ids(self, input_ids: Tensor, labels: Tensor | None) -> None:
         """Token ids in ``[0, vocab)`` (labels may also be ``IGNORE_INDEX``); one ``ValueError``.
 

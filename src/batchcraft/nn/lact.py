@@ -8,6 +8,7 @@ with head dim ``Da = d / Ha``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,27 @@ from batchcraft.nn.rope import (
     doc_ids_from_cu_seqlens,
     positions_from_cu_seqlens,
 )
-from batchcraft.ops.lact import FastWeights, LaCTOptions, LaCTState, lact
+from batchcraft.ops.lact import (
+    FastWeights,
+    LaCTOptions,
+    LaCTState,
+    lact,
+    lact_inner_grad,
+    swiglu_apply,
+)
+from batchcraft.ops.lact.state import map_weights
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["LaCTLayer", "LaCTLayerCache", "LaCTLayerOptions", "inv_softplus", "l2_normalize"]
+__all__ = [
+    "LaCTLayer",
+    "LaCTLayerCache",
+    "LaCTLayerOptions",
+    "inv_softplus",
+    "l2_normalize",
+    "token_lr",
+]
 
 _INITS = ("low_rank", "full", "nvs")
 
@@ -36,6 +52,34 @@ _INITS = ("low_rank", "full", "nvs")
 def inv_softplus(y: float) -> float:
     """``x`` with ``softplus(x) = y``: ``y + log(-expm1(-y))``."""
     return y + math.log(-math.expm1(-y))
+
+
+def token_lr(a: Tensor, options: LaCTLayerOptions) -> Tensor:
+    """Per-token inner learning rates from the lr projection ``a = Linear(d, 3H)(x)``.
+
+    The paper's per-token lr is ``softplus(a + inv_softplus(base_lr))``: ``base_lr`` at ``a = 0``
+    and about ``base_lr * exp(a)`` below it, so the projection scales a token's lr
+    multiplicatively; the update sums ``lr_t * grad_t`` over the chunk's ``C`` tokens, so its
+    size grows with ``C`` and ``base_lr = 1e-3`` was tuned for ``C = 2048``
+    (``inner_lr=None``). With ``inner_lr = eta`` the same token weights are normalised to 1 at
+    init and the update is one step of size ``eta`` on the chunk-mean inner loss::
+
+        lr_t = eta / C * softplus(a_t + inv_softplus(base_lr)) / base_lr      (= eta / C at a = 0)
+
+    so replicating a chunk's tokens (``C -> r C``) leaves the update unchanged, and the paper's
+    setting is ``eta = C * base_lr`` (2.05 at ``C = 2048``).
+
+    Args:
+        a: ``[..., 3H]`` (any shape) pre-activations.
+        options: the layer options (``base_lr``, ``inner_lr``, ``chunk_size``).
+
+    Returns:
+        Learning rates shaped like ``a``.
+    """
+    lr = F.softplus(a + inv_softplus(options.base_lr))
+    if options.inner_lr is None:
+        return lr
+    return lr * (options.inner_lr / (options.chunk_size * options.base_lr))
 
 
 def l2_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -94,7 +138,8 @@ class LaCTLayerOptions(LaCTOptions):
     num_attn_heads: int | None = None  # attention heads Ha (None: = num_heads); Da = d / Ha
     window_size: int | None = 2048  # W: attention window (None: full attention, 0: none)
     inter_multi: int = 1  # fast hidden width Dh = inter_multi * D
-    base_lr: float = 1e-3  # inner lr at init: lr = softplus(Linear(x) + inv_softplus(base_lr))
+    base_lr: float = 1e-3  # paper per-token lr: softplus(Linear(x) + inv_softplus(base_lr))
+    inner_lr: float | None = None  # step on the chunk-mean inner loss; None: the paper's sum
     lr_dim: int = 1  # one lr per matrix (only 1 is supported)
     qkv_bias: bool = False
     qk_norm: bool = False  # RMSNorm on q and k before both branches
@@ -106,6 +151,7 @@ class LaCTLayerOptions(LaCTOptions):
     fw_init_gain: float = 0.5  # gain of the low-rank factors
     output_gate: bool = True  # per-head SiLU gate on the TTT output
     use_ttt: bool = True  # False: attention-only layer (SWA / full-attention baseline)
+    ttt_updates: bool = True  # False: fast weights never update (TTT branch = static SwiGLU f_W0)
     attn_impl: str = "auto"  # attention implementation ("auto", "sdpa", "flex", "naive")
     # op options with the LM layer's defaults
     chunk_size: int = 2048  # C
@@ -156,6 +202,17 @@ class LaCTLayerOptions(LaCTOptions):
             raise ValueError(f"base_lr ({self.base_lr!r}) must be a finite number > 0")
         if self.base_lr <= 0:
             raise ValueError(f"base_lr ({self.base_lr}) must be > 0")
+        eta = self.inner_lr
+        if eta is not None and not (
+            isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta)
+            and eta > 0
+        ):  # fmt: skip
+            raise ValueError(
+                f"inner_lr ({eta!r}) must be a finite number > 0 (the step on the chunk-mean "
+                "inner loss), or None for the paper's per-token lr summed over the chunk"
+            )
+        if not isinstance(self.ttt_updates, bool):
+            raise TypeError(f"ttt_updates must be a bool, got {self.ttt_updates!r}")
         if self.lr_dim != 1:
             raise ValueError(
                 f"lr_dim ({self.lr_dim}) is not supported: use lr_dim=1 (one lr per matrix)"
@@ -195,7 +252,14 @@ class LaCTLayer(nn.Module):
 
     ``y = o_proj(o_swa + o_ttt)``; see spec §7. With ``use_ttt=False`` the layer is a plain
     attention layer: ``window_size=W`` gives the SWA-only baseline, ``window_size=None`` full
-    causal attention. ``window_size=0`` disables attention (pure TTT ablation).
+    causal attention. ``window_size=0`` disables attention (pure TTT ablation). With
+    ``ttt_updates=False`` the fast weights never change: the TTT branch is the static SwiGLU
+    ``f_W0(q)`` with the same parameters (the ablation of test-time training itself).
+
+    The inner lr is :func:`token_lr`: ``inner_lr=None`` (the layer default) is the paper's
+    per-token ``base_lr`` summed over the chunk, ``inner_lr=eta`` a step of ``eta`` on the
+    chunk-mean inner loss (the LM presets' default, effective at any chunk size).
+    :meth:`ttt_diagnostics` measures how far the fast weights move over a sequence.
 
     The options are one frozen :class:`LaCTLayerOptions` (``layer.options``); its op part
     (``layer.lact_options``) goes to :func:`batchcraft.ops.lact.lact` unchanged. Keyword arguments
@@ -423,17 +487,11 @@ class LaCTLayer(nn.Module):
                 kv = KVBuffer(kk[:, kk.shape[1] - s :], vv[:, vv.shape[1] - s :], t, w)
         return o.reshape(b, t, -1), kv
 
-    def _ttt(
-        self,
-        x: Tensor,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        positions: Tensor,
-        cu_seqlens: Tensor | None,
-        cache: LaCTLayerCache | None,
-    ) -> tuple[Tensor, LaCTState]:
-        b, t, d = x.shape
+    def _ttt_inputs(
+        self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, positions: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """The op's inputs: ``q~, k~, v~`` [B, T, H, D], ``lr`` [B, T, H, 3], ``beta`` [B, T, H]."""
+        b, t, _ = x.shape
         h, dd = self.num_heads, self.head_dim
         qt = (q * self.qk_scale[0] + self.qk_offset[0]).reshape(b, t, h, dd)
         kt = (k * self.qk_scale[1] + self.qk_offset[1]).reshape(b, t, h, dd)
@@ -447,12 +505,35 @@ class LaCTLayer(nn.Module):
             kt = apply_rope(kt.reshape(b, t, ha, da), positions, theta=self.options.rope_theta)
             qt, kt = qt.reshape(b, t, h, dd), kt.reshape(b, t, h, dd)
         cdt = torch.promote_types(x.dtype, torch.float32)
-        lr_raw = self.lr_proj(x).to(cdt) + inv_softplus(self.options.base_lr)
-        lr = F.softplus(lr_raw).reshape(b, t, h, 3)  # [B, T, H, 3] (gate, up, down)
+        lr = token_lr(self.lr_proj(x).to(cdt), self.options).reshape(b, t, h, 3)  # (g, u, d)
         beta = None
         if self.beta_proj is not None:
             beta = torch.sigmoid(self.beta_proj(x).to(cdt))  # [B, T, H]
-        state: LaCTState | FastWeights = self.initial_weights()  # [H, ...], expanded by the op
+        return qt, kt, vt, lr, beta
+
+    def _ttt_output(self, x: Tensor, o: Tensor) -> Tensor:
+        """Per-head RMSNorm and output gate: ``o`` [B, T, H, D] -> [B, T, d]."""
+        o = self.ttt_norm(o)
+        if self.gate_proj is not None:
+            o = o * F.silu(self.gate_proj(x)).unsqueeze(-1)  # per-head gate
+        return o.flatten(-2)
+
+    def _ttt(
+        self,
+        x: Tensor,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        positions: Tensor,
+        cu_seqlens: Tensor | None,
+        cache: LaCTLayerCache | None,
+    ) -> tuple[Tensor, LaCTState | None]:
+        qt, kt, vt, lr, beta = self._ttt_inputs(x, q, k, v, positions)
+        w0 = self.initial_weights()  # [H, ...]
+        if not self.options.ttt_updates:  # the static branch: no state to carry
+            o = swiglu_apply(_expand(w0, x.shape[0]), qt)  # [B, T, H, D]
+            return self._ttt_output(x, o), None
+        state: LaCTState | FastWeights = w0  # expanded over B by the op
         if cache is not None:
             if cache.ttt is None:
                 raise ValueError("cache has no LaCT state but this layer uses TTT")
@@ -461,10 +542,73 @@ class LaCTLayer(nn.Module):
             qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens,
             group=self.cp_group,
         )  # fmt: skip
-        o = self.ttt_norm(o)  # [B, T, H, D]
-        if self.gate_proj is not None:
-            o = o * F.silu(self.gate_proj(x)).unsqueeze(-1)  # per-head gate
-        return o.reshape(b, t, d), new_state
+        return self._ttt_output(x, o), new_state
+
+    @torch.no_grad()
+    def ttt_diagnostics(self, x: Tensor) -> dict[str, float]:
+        """How far the fast weights move over one sequence (no gradients, no side effects).
+
+        Streams ``x`` chunk by chunk through the op (exactly the one-shot computation) and
+        compares the weights ``W_0 .. W_n`` after each of the ``n = T // C`` updates. Norms are
+        Frobenius norms over the three matrices stacked, per (batch row, head), then averaged.
+
+        Args:
+            x: the layer's input ``[B, T, d]`` (after the block's norm).
+
+        Returns:
+            ``updates``: ``n`` (0 with ``ttt_updates=False``); ``drift``:
+            ``||W_n - W_0|| / ||W_0||`` (and ``drift_gate`` / ``drift_up`` / ``drift_down`` per
+            matrix); ``update_norm``: mean over updates of ``||W_j+1 - W_j|| / ||W_j||``, the
+            applied step after momentum, Muon and the weight norm; ``grad_norm``: the same for
+            the raw inner step ``Delta_j = -grad`` of the lr-weighted loss at ``W_j``;
+            ``output_change``: ``||o_on - o_off|| / ||o_off||`` of the branch output after its
+            norm (before the gate) at the tokens after the first chunk, updates on vs off;
+            ``lr_mean``: mean per-token lr.
+        """
+        if not self.use_ttt:
+            raise ValueError("ttt_diagnostics needs a TTT branch; this layer has use_ttt=False")
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, T, d] each
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        qt, kt, vt, lr, beta = self._ttt_inputs(x, q, k, v, torch.arange(t, device=x.device))
+        opts, c = self.lact_options, self.options.chunk_size
+        w0 = _expand(self.initial_weights(), b)
+        n = t // c if self.options.ttt_updates else 0
+        ws, grads = [w0], []
+        state: LaCTState | FastWeights = w0
+        for j in range(n):
+            s = slice(j * c, (j + 1) * c)
+            grads.append(
+                lact_inner_grad(
+                    ws[-1], kt[:, s], vt[:, s], lr[:, s], opts.fast_weight, loss=opts.inner_loss
+                )
+            )
+            bj = None if beta is None else beta[:, s]
+            _, state = lact(qt[:, s], kt[:, s], vt[:, s], lr[:, s], state, opts, beta=bj)
+            assert isinstance(state, LaCTState)
+            ws.append(state.weights)
+
+        out = {"updates": float(n), "lr_mean": float(lr.mean())}
+        out["drift"] = _rel(_sub(ws[-1], w0), w0)
+        for name, m, m0 in zip(FastWeights._fields, ws[-1], w0, strict=True):
+            if m is not None and m0 is not None:
+                out[f"drift_{name}"] = _rel(
+                    FastWeights(None, None, m - m0), FastWeights(None, None, m0)
+                )
+        steps = [_rel(_sub(w1, w), w) for w, w1 in itertools.pairwise(ws)]
+        raw = [_rel(g, w) for g, w in zip(grads, ws[:-1], strict=True)]
+        out["update_norm"] = sum(steps) / n if n else 0.0
+        out["grad_norm"] = sum(raw) / n if n else 0.0
+        out["output_change"] = 0.0
+        if n and t > c:
+            on, _ = lact(qt, kt, vt, lr, w0, opts, beta=beta)
+            off = swiglu_apply(w0, qt)
+            on, off = self.ttt_norm(on[:, c:]), self.ttt_norm(off[:, c:])
+            out["output_change"] = float((on - off).norm() / off.norm())
+        return out
 
     def _cp_positions(
         self, x: Tensor, cache: object, cu_seqlens: object, use_cache: bool
@@ -505,3 +649,24 @@ class LaCTLayer(nn.Module):
         out = x.new_zeros(b, t, d)
         out[m] = y[0].to(out.dtype)
         return out, None
+
+
+def _sub(a: FastWeights, b: FastWeights) -> FastWeights:
+    def d(x: Tensor | None, y: Tensor | None) -> Tensor | None:
+        return None if x is None or y is None else x - y
+
+    return FastWeights(d(a.gate, b.gate), d(a.up, b.up), a.down - b.down)
+
+
+def _rel(num: FastWeights, den: FastWeights) -> float:
+    """Mean over (batch row, head) of ``||num|| / ||den||``, Frobenius over the present matrices."""
+
+    def fro(w: FastWeights) -> Tensor:  # [B, H]
+        return torch.stack([m.flatten(-2).norm(dim=-1) for m in w if m is not None]).norm(dim=0)
+
+    return float((fro(num) / fro(den)).mean())
+
+
+def _expand(w: FastWeights, batch: int) -> FastWeights:
+    """Per-head weights [H, ...] -> [B, H, ...] (a view)."""
+    return map_weights(lambda m: m.expand(batch, *m.shape), w)
