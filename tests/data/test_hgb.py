@@ -121,6 +121,10 @@ def test_loader_errors(tmp_path):
     bad = write_folder(tmp_path / "b", multilabel=False, name_tab=True)  # a tab inside a name
     with pytest.raises(ValueError, match=r"node\.dat, line 3: expected 'id, name, type"):
         load_hgb(bad)
+    folder = write_folder(tmp_path / "c", multilabel=False)
+    (folder / "info.dat").write_text("{not json")
+    with pytest.raises(ValueError, match=r"info\.dat is not valid JSON"):
+        load_hgb(folder)
 
 
 def test_split_is_stratified_seeded_and_disjoint():
