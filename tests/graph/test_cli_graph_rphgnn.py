@@ -39,8 +39,9 @@ def test_bad_hyper_parameters_exit_2_with_a_message(tmp_path: Path) -> None:
         (["--epochs", "0"], "epochs must be an int >= 1"),
         (["--test-labels", "half"], "test-labels must be"),
         (["--method", "gat"], "method must be one of"),
+        (["--out", str(tmp_path)], "is a folder; give a file name"),
     ]:
-        res = runner.invoke(_app(), ["rphgnn", *args, "--out", out])
+        res = runner.invoke(_app(), ["rphgnn", "--out", out, *args])
         assert res.exit_code == 2, res.output
         assert match in _words(res.output), res.output
         assert "Traceback" not in res.output

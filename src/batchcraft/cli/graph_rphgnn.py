@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+from batchcraft.cli._common import output_file
+
 __all__ = ["register"]
 
 # configuration fields that change the pre-computed groups (part of the cache file name)
@@ -87,9 +89,10 @@ def register(app: typer.Typer) -> None:
                 "../shared/data)."
             ),
         ] = None,
-        out: Annotated[Path, typer.Option(help="Results JSON (resumed when present).")] = Path(
-            "rphgnn_results.json"
-        ),
+        out: Annotated[
+            Path,
+            typer.Option(callback=output_file, help="Results JSON (resumed when present)."),
+        ] = Path("rphgnn_results.json"),
         cache: Annotated[
             Path | None, typer.Option(help="Folder for pre-computed groups (reused per seed).")
         ] = None,
