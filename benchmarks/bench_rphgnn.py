@@ -9,11 +9,21 @@ as a fraction of this machine's batched-matmul peak measured in the same run, an
 smallest setting, which stays ~1 (per unit of K or of edges) when growth is linear.
 
 Run: ``batchcraft bench rphgnn-scaling`` (or ``python benchmarks/bench_rphgnn.py [--quick]``).
+
+``batchcraft bench rphgnn-methods`` (``python benchmarks/bench_rphgnn.py --methods [--quick]``):
+RpHGNN vs SeHGNN with its transformer-style semantic fusion (and the plain relation-wise
+baseline) on ACM when the data folder has it (else the heterogeneous SBM), with the dataset's
+preset (SeHGNN on ACM with metapaths of up to 4 hops, as in its published runs, and also with 2).
+Gate first (fusion == its loop reference, fp64). Then, interleaved over repeats (A B C A B C ...),
+each method's pre-computation wall time and its training time per epoch (a fixed number of epochs
+with validation every epoch, as in training); median, min and max.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
 import sys
 import time
 from typing import Any
@@ -165,5 +175,116 @@ def main(quick: bool = False) -> dict[str, Any]:
     return result
 
 
+def _methods_data(quick: bool) -> tuple[Any, Any]:
+    from batchcraft.data.paths import find_data_dir
+    from batchcraft.graph.rphgnn_pipeline import PRESETS, load_dataset
+
+    folder = find_data_dir()
+    if folder is not None and (folder / "ACM.zip").exists():
+        data = load_dataset("ACM", data_dir=folder)
+        cfg = PRESETS["ACM"]
+        if quick:
+            cfg = dataclasses.replace(cfg, num_iterations=3)
+        return data, cfg
+    data = hetero_sbm(generator=torch.Generator().manual_seed(0))
+    return data, PRESETS["hetero-sbm"]
+
+
+def _epoch_seconds(data: Any, method: str, cfg: Any, groups: Any, epochs: int, seed: int) -> float:
+    from batchcraft.data.hgb import hgb_split
+    from batchcraft.graph.rphgnn_model import TrainConfig, train_node_classifier
+    from batchcraft.graph.rphgnn_pipeline import build_model
+
+    tr, va = hgb_split(data.train_idx, data.y, generator=torch.Generator().manual_seed(seed))
+    shapes = {j: (int(t.shape[1]), int(t.shape[2])) for j, t in groups.items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(method, shapes, data.num_classes, cfg)
+        tc = TrainConfig(
+            lr=cfg.lr, epochs=epochs, patience=epochs, batch_size=cfg.batch_size, val_every=1,
+            stop_on=cfg.stop_on,
+        )  # fmt: skip
+        with torch.enable_grad():
+            t0 = time.perf_counter()
+            train_node_classifier(
+                model, groups, data.y, tr, va, data.test_idx, config=tc,
+                generator=torch.Generator().manual_seed(seed), multilabel=data.multilabel,
+            )  # fmt: skip
+            return (time.perf_counter() - t0) / epochs
+
+
+@register_benchmark(
+    "rphgnn-methods",
+    description="RpHGNN vs SeHGNN (semantic fusion) vs relation-wise: pre-compute and epoch time",
+)
+def methods(quick: bool = False) -> dict[str, Any]:
+    from batchcraft.graph.rphgnn_pipeline import precompute_groups
+    from batchcraft.graph.sehgnn import SemanticFusion, naive_semantic_fusion
+
+    torch.set_grad_enabled(False)
+    # 1. gate: the fusion equals its loop reference (fp64)
+    fusion = SemanticFusion(8, qk_dim=4).double()
+    with torch.no_grad():
+        fusion.beta.fill_(0.5)
+    h = torch.randn(3, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    err = float((fusion(h) - naive_semantic_fusion(fusion, h)).abs().max())
+    if err > 1e-10:
+        raise AssertionError(f"semantic fusion differs from its loop reference by {err}")
+    print(f"correctness gate: max |fusion - loop reference| = {err:.2e} (fp64)")
+    data, cfg = _methods_data(quick)
+    repeats, epochs = (3, 3) if quick else (5, 5)
+    # name -> (method, config); the baselines' metapath length is cfg.baseline_hops
+    variants = {
+        "rphgnn": ("rphgnn", cfg),
+        f"sehgnn ({cfg.baseline_hops} hops)": ("sehgnn", cfg),
+        f"relation_wise ({cfg.baseline_hops} hops)": ("relation_wise", cfg),
+    }
+    if cfg.baseline_hops != 2:
+        variants["sehgnn (2 hops)"] = ("sehgnn", dataclasses.replace(cfg, baseline_hops=2))
+    names = list(variants)
+    pre: dict[str, list[float]] = {m: [] for m in names}
+    ep: dict[str, list[float]] = {m: [] for m in names}
+    info: dict[str, dict[str, Any]] = {}
+    for r in range(repeats):  # interleaved: A B C A B C ...
+        for m in names:
+            method, vcfg = variants[m]
+            t0 = time.perf_counter()
+            groups = precompute_groups(
+                data, method, vcfg, generator=torch.Generator().manual_seed(r)
+            )
+            pre[m].append(time.perf_counter() - t0)
+            ep[m].append(_epoch_seconds(data, method, vcfg, groups, epochs, seed=r))
+            info[m] = {
+                "groups": len(groups),
+                "stored_MiB": sum(t.numel() * t.element_size() for t in groups.values()) / 2**20,
+            }
+            del groups
+            print(f"repeat {r + 1}/{repeats} {m}: precompute {pre[m][-1]:.2f}s, "
+                  f"epoch {ep[m][-1]:.3f}s")  # fmt: skip
+    rows = []
+    for m in names:
+        rows.append({
+            "method": m, "groups": info[m]["groups"], "stored_MiB": info[m]["stored_MiB"],
+            "precompute_median_s": statistics.median(pre[m]), "precompute_min_s": min(pre[m]),
+            "precompute_max_s": max(pre[m]), "epoch_median_s": statistics.median(ep[m]),
+            "epoch_min_s": min(ep[m]), "epoch_max_s": max(ep[m]),
+            "epoch_ratio_vs_rphgnn": statistics.median(ep[m]) / statistics.median(ep["rphgnn"]),
+        })  # fmt: skip
+    print_table(
+        rows, title=f"rphgnn-methods on {data.name} (K={cfg.num_iterations}; "
+        f"{repeats} interleaved repeats x {epochs} epochs)",
+    )  # fmt: skip
+    result = {
+        "dataset": data.name, "config": dataclasses.asdict(cfg), "repeats": repeats,
+        "epochs_per_repeat": epochs, "rows": rows, "precompute_s": pre, "epoch_s": ep,
+        "gate_max_abs_err": err, "quick": quick,
+    }  # fmt: skip
+    write_result("rphgnn-methods", result)
+    return result
+
+
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    if "--methods" in sys.argv:
+        methods(quick="--quick" in sys.argv)
+    else:
+        main(quick="--quick" in sys.argv)

@@ -64,7 +64,7 @@ def test_to_undirected() -> None:
     assert to_undirected(ei, 3).tolist() == [[0, 0, 1, 2], [1, 2, 0, 0]]
 
 
-def _write_tiny_planetoid(folder: Path) -> None:
+def _write_tiny_planetoid(folder: Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
     sp = pytest.importorskip("scipy.sparse")
     n_feat, n_cls = 3, 2
     allx = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32))
@@ -75,15 +75,16 @@ def _write_tiny_planetoid(folder: Path) -> None:
     ty = np.array([[0, 1], [1, 0]], dtype=np.int32)
     graph = defaultdict(list, {0: [1, 2], 1: [0], 2: [0, 2], 5: [7], 7: [5, 3]})
     for k, v in dict(x=x, y=y, tx=tx, ty=ty, allx=allx, ally=ally, graph=graph).items():
-        (folder / f"ind.tiny.{k}").write_bytes(pickle.dumps(v))
+        (folder / f"ind.tiny.{k}").write_bytes(pickle.dumps(v, protocol=protocol))
     (folder / "ind.tiny.test.index").write_text("7\n5\n")
     assert n_feat == 3 and n_cls == 2
 
 
-def test_load_planetoid_tiny_folder_and_zip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_load_planetoid_tiny_folder_and_zip(tmp_path: Path, protocol: int) -> None:
     folder = tmp_path / "tiny"
     folder.mkdir()
-    _write_tiny_planetoid(folder)
+    _write_tiny_planetoid(folder, protocol)
     zpath = tmp_path / "tiny.zip"
     with zipfile.ZipFile(zpath, "w") as z:
         for f in folder.iterdir():
@@ -101,6 +102,78 @@ def test_load_planetoid_tiny_folder_and_zip(tmp_path: Path) -> None:
         assert edges == {(0, 1), (1, 0), (0, 2), (2, 0), (5, 7), (7, 5), (3, 7), (7, 3)}
     with pytest.raises(FileNotFoundError):
         load_planetoid(tmp_path / "missing.zip", "tiny")
+
+
+class _OpenPayload:
+    """Unpickling this creates a file (``builtins.open(path, "w")``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+class _SystemPayload:
+    """Unpickling this runs a shell command that creates a file (``os.system``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, (f"touch {self.path}",))
+
+
+@pytest.mark.parametrize("payload", [_OpenPayload, _SystemPayload], ids=["open", "os.system"])
+@pytest.mark.parametrize("member", ["x", "graph"])
+def test_crafted_pickle_is_refused_without_running_it(
+    tmp_path: Path, payload: type, member: str
+) -> None:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    _write_tiny_planetoid(folder)
+    marker = tmp_path / "pwned"
+    blob = pickle.dumps(payload(marker), protocol=2)
+    pickle.loads(blob)  # the payload is live: plain pickle creates the file ...
+    assert marker.exists()
+    marker.unlink()
+    (folder / f"ind.tiny.{member}").write_bytes(blob)
+    zpath = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    for src in (zpath, folder):  # ... the loader refuses it and nothing runs
+        with pytest.raises(ValueError, match="refusing to unpickle global"):
+            load_planetoid(src, "tiny")
+        assert not marker.exists()
+
+
+def test_object_arrays_and_other_globals_are_refused() -> None:
+    from batchcraft.data.safe_pickle import load_planetoid_pickle
+
+    with pytest.raises(ValueError, match="dtype object"):
+        load_planetoid_pickle(pickle.dumps(np.array([1, "a"], dtype=object), protocol=2))
+    with pytest.raises(ValueError, match=r"refusing to unpickle global collections\.OrderedDict"):
+        load_planetoid_pickle(pickle.dumps(__import__("collections").OrderedDict(a=1)))
+    with pytest.raises(ValueError, match="not a readable Planetoid pickle"):
+        load_planetoid_pickle(b"\x80\x02garbage")
+
+
+def test_planetoid_size_cap(tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    _write_tiny_planetoid(folder)
+    zpath = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in folder.iterdir():
+            z.write(f, f.name)
+    with pytest.raises(ValueError, match="over the 100-byte cap"):
+        load_planetoid(zpath, "tiny", max_member_bytes=100)
+    with pytest.raises(ValueError, match="over the 100-byte cap"):
+        load_planetoid(folder, "tiny", max_member_bytes=100)
+    assert load_planetoid(zpath, "tiny", max_member_bytes=100_000).num_nodes == 8
 
 
 def test_load_edge_list(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -108,14 +109,22 @@ def test_loader_errors(tmp_path):
         load_hgb(tmp_path, test_labels="half")
     with pytest.raises(ValueError, match=r"node\.dat"):
         load_hgb(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        load_hgb(tmp_path / "nothing_here.zip")
     folder = write_folder(tmp_path / "a", multilabel=False)
     (folder / "label.dat.test_full").unlink()
     with pytest.raises(ValueError, match="test_labels='public'"):
-        load_hgb(folder)
+        load_hgb(folder, test_labels="full")
+    auto = load_hgb(folder)  # only label.dat.test exists: auto uses it and says so
+    assert auto.test_file == "label.dat.test" and "only label.dat.test" in auto.test_file_reason
     assert load_hgb(folder, test_labels="public").test_idx.tolist() == [2]
     bad = write_folder(tmp_path / "b", multilabel=False, name_tab=True)  # a tab inside a name
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"node\.dat, line 3: expected 'id, name, type"):
         load_hgb(bad)
+    folder = write_folder(tmp_path / "c", multilabel=False)
+    (folder / "info.dat").write_text("{not json")
+    with pytest.raises(ValueError, match=r"info\.dat is not valid JSON"):
+        load_hgb(folder)
 
 
 def test_split_is_stratified_seeded_and_disjoint():
@@ -177,8 +186,8 @@ def test_real_counts_match_spec_table(data_dir, name):
     path = Path(data_dir) / f"{name}.zip"
     if not path.exists():
         pytest.skip(f"{path} not found")
-    with pytest.warns(UserWarning, match="agrees"):  # the archives' two test files disagree
-        d, c = load_hgb(path), SPEC_COUNTS[name]
+    with pytest.warns(UserWarning, match="agrees"):  # explicit full: the files disagree
+        d, c = load_hgb(path, test_labels="full"), SPEC_COUNTS[name]
     assert d.label_agreement is not None and d.label_agreement < 0.5
     g = d.graph
     assert g.num_nodes_dict == c["nodes"]
@@ -194,13 +203,159 @@ def test_real_counts_match_spec_table(data_dir, name):
     assert int((d.y[d.test_idx] >= 0).sum()) == c["test"]
 
 
-def test_disagreeing_test_files_warn_and_the_chosen_file_wins(tmp_path):
-    folder = write_folder(tmp_path, multilabel=False)
-    (folder / "label.dat.test_full").write_text("2\tA long title\t0\t1\n")  # public says 0
-    with pytest.warns(UserWarning, match="agrees"):
-        full = load_hgb(folder)
-    assert full.label_agreement == 0.0 and int(full.y[2]) == 1
-    with pytest.warns(UserWarning):
-        public = load_hgb(folder, test_labels="public")
-    assert int(public.y[2]) == 0 and public.test_file == "label.dat.test"
-    assert load_hgb(write_folder(tmp_path / "ok", multilabel=False)).label_agreement == 1.0
+@pytest.mark.data
+def test_real_acm_default_picks_the_consistent_test_file(data_dir, caplog):
+    """The shared ACM archive's test_full agrees with label.dat.test on 351 of 1,059 nodes; the
+    default must not evaluate on it, and must say which file it used."""
+    path = Path(data_dir) / "ACM.zip"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    with caplog.at_level(logging.WARNING, logger="batchcraft.data.hgb"):
+        d = load_hgb(path)
+    assert d.test_file == "label.dat.test" and d.test_idx.numel() == 1059
+    assert round(d.label_agreement * 1059) == 351
+    assert "label.dat.test" in caplog.text and "2-hop label vote" in d.test_file_reason
+    public = {int(i) for i in d.public_test_idx}
+    assert set(d.test_idx.tolist()) == public
+
+
+# ---------------------------------------------------------------- test-file choice (hand-made)
+
+# 8 movies (0-7) and 2 directors (8: "A", 9: "B"); movies 0, 1, 4, 6 share A and 2, 3, 5, 7
+# share B, so a label vote through the directors predicts class 0 for movies 4, 6 and 1 for 5, 7.
+VOTE_NODES = [f"{i}\tm{i}\t0\t{i % 2}.0,1.0" for i in range(8)] + ["8\tA\t1", "9\tB\t1"]
+VOTE_LINKS = [f"{m}\t{8 if m in (0, 1, 4, 6) else 9}\t0\t1.0" for m in range(8)]
+TRAIN = {0: 0, 1: 0, 2: 1, 3: 1}
+CONSISTENT = {4: 0, 5: 1, 6: 0, 7: 1}
+SCRAMBLED = {4: 1, 5: 0, 6: 1, 7: 0}
+
+
+def write_hgb(root: Path, public: dict, full: dict, *, links=VOTE_LINKS, zipped=False) -> Path:
+    d = root / "VOTE"
+    d.mkdir(parents=True)
+    (d / "node.dat").write_text("\n".join(VOTE_NODES) + "\n")
+    (d / "link.dat").write_text("\n".join(links) + "\n")
+
+    def labels(rows: dict) -> str:
+        return "".join(f"{i}\t\t0\t{c}\n" for i, c in rows.items())
+
+    (d / "label.dat").write_text(labels(TRAIN))
+    (d / "label.dat.test").write_text(labels(public))
+    (d / "label.dat.test_full").write_text(labels(full))
+    if not zipped:
+        return d
+    zpath = root / "VOTE.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in d.iterdir():
+            z.write(f, f"VOTE/{f.name}")
+    return zpath
+
+
+@pytest.mark.parametrize("zipped", [False, True], ids=["folder", "zip"])
+def test_agreeing_test_files_use_the_full_set(tmp_path, zipped):
+    path = write_hgb(tmp_path, public={4: 0, 5: 1}, full=CONSISTENT, zipped=zipped)
+    d = load_hgb(path)
+    assert d.test_file == "label.dat.test_full" and d.label_agreement == 1.0
+    assert d.test_idx.tolist() == [4, 5, 6, 7] and d.y[4:].tolist() == [0, 1, 0, 1]
+    assert "agree" in d.test_file_reason
+
+
+@pytest.mark.parametrize("zipped", [False, True], ids=["folder", "zip"])
+def test_disagreeing_full_file_is_not_the_default(tmp_path, caplog, zipped):
+    """test_full scrambled (as in the shared archives): the default evaluates on label.dat.test,
+    logs why, and keeps the scrambled labels out of y."""
+    path = write_hgb(tmp_path, public={4: 0, 5: 1}, full=SCRAMBLED, zipped=zipped)
+    with caplog.at_level(logging.WARNING, logger="batchcraft.data.hgb"):
+        d = load_hgb(path)
+    assert d.test_file == "label.dat.test" and d.label_agreement == 0.0
+    assert d.test_idx.tolist() == [4, 5] and d.y[4:6].tolist() == [0, 1]
+    assert d.y[6:].tolist() == [-1, -1]  # the rejected file's private half is not used
+    assert "using label.dat.test" in d.test_file_reason and "using label.dat.test" in caplog.text
+    with pytest.warns(UserWarning, match="agrees"):  # asking for the disagreeing file: warned
+        full = load_hgb(path, test_labels="full")
+    assert full.test_file == "label.dat.test_full" and full.y[4:].tolist() == [1, 0, 1, 0]
+
+
+def test_disagreeing_public_file_picks_the_full_one(tmp_path):
+    """The check is symmetric: when label.dat.test is the inconsistent one, test_full is used."""
+    d = load_hgb(write_hgb(tmp_path, public={4: 1, 5: 0}, full=CONSISTENT))
+    assert d.test_file == "label.dat.test_full" and d.test_idx.tolist() == [4, 5, 6, 7]
+    assert d.y[4:].tolist() == [0, 1, 0, 1]
+
+
+def test_undecidable_disagreement_stops_with_a_clear_error(tmp_path):
+    links = [ln for ln in VOTE_LINKS if not ln.startswith(("4\t", "5\t"))]  # no path to labels
+    path = write_hgb(tmp_path, public={4: 0, 5: 1}, full=SCRAMBLED, links=links)
+    with pytest.raises(ValueError, match="cannot tell which file is consistent"):
+        load_hgb(path)
+    assert load_hgb(path, test_labels="public").test_file == "label.dat.test"
+
+
+def test_label_vote_is_the_two_hop_mean():
+    from batchcraft.data.hetero_graph import HeteroGraph
+    from batchcraft.data.hgb import label_vote
+
+    # papers 0-2, authors 0-1: paper 0 and 1 by author 0; paper 1 and 2 by author 1
+    g = HeteroGraph(
+        {"paper": None, "author": None},
+        {("paper", "by", "author"): torch.tensor([[0, 1, 1, 2], [0, 0, 1, 1]])},
+        {"paper": 3, "author": 2},
+    )
+    known = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # paper 1 unlabelled
+    votes = label_vote(g, "paper", known)
+    # author 0 mean = (p0 + p1) / 2 = [0.5, 0]; author 1 = (p1 + p2) / 2 = [0, 0.5]
+    expected = torch.tensor([[0.5, 0.0], [0.25, 0.25], [0.0, 0.5]])
+    torch.testing.assert_close(votes, expected)
+
+
+# ---------------------------------------------------------------- malformed files, size caps
+
+
+@pytest.mark.parametrize(
+    ("member", "line", "match"),
+    [
+        ("node.dat", "x1\tname\t0\t1.0,2.0", r"node\.dat, line 2: the node id must be an integer"),
+        ("node.dat", "1\tname\tpaper\t1.0,2.0", r"node\.dat, line 2: the node type must be"),
+        ("node.dat", "1\tname\t0\t1.0,abc", r"node\.dat, line 2: feature 'abc' is not a number"),
+        ("node.dat", "1\tname\t0\t1.0", r"node\.dat, line 2: 1 features, but line 1 has 2"),
+        ("link.dat", "0\t9", r"link\.dat, line 2: expected 'src, dst, link_type, weight'"),
+        ("link.dat", "0\t9\tzero\t1.0", r"link\.dat, line 2: 'zero' is not a number"),
+        ("link.dat", "0\t9.5\t0\t1.0", r"link\.dat, line 2: src, dst and link_type must be"),
+        ("link.dat", "0\t99\t0\t1.0", r"link\.dat, line 2: node id 99 is not in"),
+        ("label.dat", "1\t\t0\tone", r"label\.dat, line 2: a label must be an integer"),
+        ("label.dat", "8\t\t1\t0", r"label\.dat, line 2: node 8 is not of the labelled type"),
+    ],
+    ids=["node-id", "node-type", "feature", "width", "link-fields", "link-number", "link-float",
+         "link-range", "label", "label-type"],
+)  # fmt: skip
+def test_malformed_lines_name_file_and_line(tmp_path, member, line, match):
+    folder = write_hgb(tmp_path, public={4: 0, 5: 1}, full=CONSISTENT)
+    rows = (folder / member).read_text().splitlines()
+    rows[1] = line  # the second line of the file
+    (folder / member).write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=match):
+        load_hgb(folder)
+
+
+def test_size_cap_on_members_read_into_memory(tmp_path):
+    zpath = write_hgb(tmp_path, public={4: 0, 5: 1}, full=CONSISTENT, zipped=True)
+    with pytest.raises(
+        ValueError, match=r"node\.dat is \d+ bytes uncompressed, over the 64-byte cap"
+    ):
+        load_hgb(zpath, max_member_bytes=64)
+    with pytest.raises(ValueError, match="over the 64-byte cap"):
+        load_hgb(tmp_path / "VOTE", max_member_bytes=64)  # folders obey the same cap
+    assert load_hgb(zpath, max_member_bytes=10_000).test_file == "label.dat.test_full"
+    with pytest.raises(ValueError, match="max_member_bytes"):
+        load_hgb(zpath, max_member_bytes=0)
+
+
+def test_zip_bomb_member_is_refused_before_inflating(tmp_path):
+    """A small archive whose member inflates to 64 MiB is refused from its header."""
+    zpath = tmp_path / "BOMB.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("BOMB/node.dat", b"0" * (64 << 20))
+        z.writestr("BOMB/link.dat", b"")
+    assert zpath.stat().st_size < 1 << 20
+    with pytest.raises(ValueError, match="cap"):
+        load_hgb(zpath, max_member_bytes=1 << 20)

@@ -15,6 +15,23 @@ def test_registered_with_order_and_budget():
     assert spec.order == 80 and spec.quick_minutes <= 3
 
 
+def test_speed_is_judged_against_sehgnn_with_fusion():
+    """The speed claim is measured against SeHGNN (semantic fusion), the paper's baseline: a fast
+    plain relation-wise run does not decide it when SeHGNN ran."""
+    recs = {
+        "ACM": {
+            "rphgnn": _recs(0.93, 1.0),
+            "relation_wise": _recs(0.93, 3.0),  # 3x slower, but not the reference baseline
+            "sehgnn": _recs(0.93, 1.5),  # only 1.5x slower: claim not met
+            "mlp": _recs(0.8),
+        }
+    }
+    verdict, summary = _verdict(recs)
+    assert verdict == "partly" and "sehgnn total time / RpHGNN total time = 1.50" in summary
+    recs["ACM"]["sehgnn"] = _recs(0.93, 2.5)
+    assert _verdict(recs)[0] == "reproduced"
+
+
 def test_verdict_follows_targets():
     good = {
         "ACM": {"rphgnn": _recs(0.93), "relation_wise": _recs(0.92, 2.5), "mlp": _recs(0.8)},

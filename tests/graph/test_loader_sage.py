@@ -58,6 +58,23 @@ def test_loader_input_mask_drop_last_and_errors(small) -> None:  # type: ignore[
     assert all(bool(mask[b.n_id[: b.batch_size]].all()) for b in batches)
     with pytest.raises(ValueError, match="one row per"):
         NeighborLoader(g, d.x[:10], d.y, [2])
+
+
+def test_loader_rejects_float_and_out_of_range_seed_ids(small) -> None:  # type: ignore[no-untyped-def]
+    """A float id (2.7) is not a node: it must not be truncated to 2 silently."""
+    d, g = small
+    with pytest.raises(TypeError, match="integer node ids"):
+        NeighborLoader(g, d.x, d.y, [2], input_nodes=torch.tensor([0.0, 2.7, 5.0]))
+    with pytest.raises(TypeError, match="integer node ids"):
+        NeighborLoader(g, d.x, d.y, [2], input_nodes=torch.arange(4, dtype=torch.float16))
+    with pytest.raises(TypeError, match="tensor of int node ids"):
+        NeighborLoader(g, d.x, d.y, [2], input_nodes=[0, 1, 2])  # type: ignore[arg-type]
+    with pytest.raises(IndexError, match=r"\[0, 400\)"):
+        NeighborLoader(g, d.x, d.y, [2], input_nodes=torch.tensor([0, 400]))
+    with pytest.raises(ValueError, match="1-D"):
+        NeighborLoader(g, d.x, d.y, [2], input_nodes=torch.zeros(2, 2, dtype=torch.long))
+    ok = NeighborLoader(g, d.x, d.y, [2], input_nodes=torch.tensor([3, 1], dtype=torch.int32))
+    assert sorted(b for batch in ok for b in batch.n_id[: batch.batch_size].tolist()) == [1, 3]
     with pytest.raises(ValueError, match="batch_size"):
         NeighborLoader(g, d.x, d.y, [2], batch_size=0)
 

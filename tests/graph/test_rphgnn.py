@@ -426,3 +426,108 @@ def test_training_through_the_pinned_feature_store_matches_plain_tensors(sbm):
     plain = fit_node_classifier(sbm, config=cfg, groups=groups)
     stored = fit_node_classifier(sbm, config=cfg, groups=groups, feature_store=True)
     assert plain["test_micro"] == stored["test_micro"] and plain["val_loss"] == stored["val_loss"]
+
+
+# ---------------------------------------------------------------- official init, early stopping
+
+
+def test_linear_layers_use_xavier_normal_weights_and_zero_bias():
+    """The official code initialises every linear map with Xavier-normal weights and zero bias
+    (torch's default would give uniform weights and non-zero biases)."""
+    torch.manual_seed(0)
+    model = RpHGNN({"odd:a": (3, 600), "even:a": (1, 400)}, 500, 300)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2 * 2 + 2  # two per group MLP, hidden + classifier in the output
+    for lin in linears:
+        assert lin.bias is not None and not bool(lin.bias.any())
+        w = lin.weight.detach()
+        fan_out, fan_in = w.shape
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+        # sample std of n normals is within 4 s.e. (std / sqrt(2n)) of the Xavier std
+        assert abs(float(w.std()) - std) < 4 * std / math.sqrt(2 * w.numel())
+        # and the weights are Gaussian, not uniform: kurtosis 3 (uniform would give 1.8)
+        z = w.flatten() / w.std()
+        assert abs(float((z**4).mean()) - 3.0) < 0.3
+    for mixer in model.mixers.values():
+        assert not bool(mixer.bias.any())
+
+
+def _frozen_training(patience: int, val_every: int, epochs: int = 40) -> dict:
+    """lr = 0: validation never improves after the first evaluation."""
+    from batchcraft.graph.rphgnn_model import TrainConfig, train_node_classifier
+
+    g = torch.Generator().manual_seed(0)
+    groups = {"g": torch.randn(60, 2, 5, generator=g)}
+    y = torch.randint(0, 3, (60,), generator=g)
+    model = RpHGNN({"g": (2, 5)}, 8, 3, input_dropout=0.0, dropout=0.0)
+    cfg = TrainConfig(lr=0.0, epochs=epochs, patience=patience, batch_size=16, val_every=val_every)
+    return train_node_classifier(
+        model, groups, y, torch.arange(40), torch.arange(40, 50), torch.arange(50, 60),
+        config=cfg, generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("patience", "val_every", "stops_at"),
+    [(3, 1, 5), (4, 2, 8), (0, 1, 2), (10, 10, 30)],
+    ids=["p3", "p4-every2", "p0", "p10-every10"],
+)
+def test_early_stopping_fires_when_since_exceeds_patience(patience, val_every, stops_at):
+    """Official rule: stop once the epochs without improvement exceed ``patience`` (``>``); the
+    best epoch is the first evaluation, so training stops at ``val_every + (patience // val_every
+    + 1) * val_every``."""
+    rec = _frozen_training(patience, val_every)
+    assert rec["best_epoch"] == val_every
+    assert rec["epochs_run"] == stops_at
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("num_iterations", -1, r"num_iterations \(K\) must be an int >= 1, got -1"),
+        ("num_iterations", 0, "num_iterations"),
+        ("baseline_hops", -1, "baseline_hops must be an int >= 1"),
+        ("hidden", 0, "hidden"),
+        ("embedding_size", 2.5, "embedding_size"),
+        ("epochs", 0, "epochs"),
+        ("patience", -1, "patience must be an int >= 0"),
+        ("dropout", 1.0, "dropout must be a probability"),
+        ("lr", float("nan"), "lr must be a finite number"),
+        ("merge", "sum", "merge must be one of"),
+        ("kernel", "dense", "kernel must be one of"),
+    ],
+)
+def test_config_validation(field, value, match):
+    from batchcraft.graph.rphgnn_pipeline import PRESETS, RpHGNNConfig
+
+    with pytest.raises(ValueError, match=match):
+        RpHGNNConfig(**{field: value})
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(PRESETS["ACM"], **{field: value})
+
+
+def test_train_config_and_library_validation():
+    from batchcraft.graph.rphgnn_baselines import nars_precompute
+    from batchcraft.graph.rphgnn_model import TrainConfig
+
+    for kw, match in [
+        ({"epochs": 0}, "epochs"), ({"patience": -2}, "patience"), ({"lr": -1.0}, "lr"),
+        ({"batch_size": 0}, "batch_size"), ({"val_every": 0}, "val_every"),
+        ({"stop_on": "acc"}, "stop_on"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)
+    with pytest.raises(ValueError, match="hidden_channels"):
+        RpHGNN({"a": (1, 2)}, 0, 2)
+    with pytest.raises(ValueError, match="group_shapes"):
+        RpHGNN({"a": (0, 2)}, 4, 2)
+    g = three_type_graph()
+    args = (g.x_dict, g.edge_index_dict, g.num_nodes_dict, "paper")
+    with pytest.raises(ValueError, match="num_iterations"):
+        rphgnn_precompute(*args, num_iterations=-1)
+    with pytest.raises(ValueError, match="embedding_size"):
+        rphgnn_precompute(*args, embedding_size=0)
+    with pytest.raises(ValueError, match="num_hops"):
+        nars_precompute(*args, num_hops=-1)
+    with pytest.raises(ValueError, match="num_hops"):
+        relation_wise_precompute(*args, num_hops=-1)

@@ -2,7 +2,8 @@
 
 Thin: parses options, builds the dataset / store / loaders / model, and calls
 :func:`batchcraft.graph.train.fit`. Prints per-epoch timing split into sample / gather / transfer /
-compute / wait, writes an atomic checkpoint after every epoch and can resume from it.
+compute / wait and validation accuracy, writes an atomic checkpoint after every epoch and can
+resume from it; at the end it prints the final model's test accuracy.
 Data parallel: ``torchrun --nproc-per-node N --no-python batchcraft graph train ...`` (each rank
 trains on its own shard of the seeds; rank 0 prints and writes the files).
 """
@@ -106,5 +107,6 @@ def register(app: typer.Typer) -> None:
             last = history[-1]
             console.print(
                 f"done: {len(history)} epochs, loss {last['loss']:.4f}, "
-                f"val acc {last.get('val_acc', float('nan')):.4f} -> {out}"
+                f"val acc {last.get('val_acc', float('nan')):.4f}, "
+                f"test acc {last.get('test_acc', float('nan')):.4f} -> {out}"
             )

@@ -9,11 +9,13 @@
 * NVS toy: :func:`random_scene`, :func:`render_dataset`, :class:`SceneViews`.
 * CoLM: :func:`make_mixture` (synthetic instruction mixture), :func:`load_jsonl_mixture`.
 * Graphs: :func:`powerlaw_graph`, :func:`load_planetoid` (Cora/CiteSeer zips), :func:`load_hgb`,
-  :func:`hgb_split`, :func:`hetero_sbm`.
+  :func:`hgb_split`, :func:`hetero_sbm`,
+  :class:`HeteroGraph` (the heterogeneous graph container).
 * Images (hard batches, LayerNorm): :mod:`batchcraft.data.images` (Fashion-MNIST IDX, digits).
 """
 
 from batchcraft.data.graphs import GraphData, load_planetoid, powerlaw_graph
+from batchcraft.data.hetero_graph import HeteroGraph
 from batchcraft.data.hetero_sbm import hetero_sbm
 from batchcraft.data.hgb import HGBData, hgb_split, load_hgb
 from batchcraft.data.mixture import Mixture, load_jsonl_mixture, make_mixture
@@ -30,6 +32,7 @@ __all__ = [
     "BytesTokenizer",
     "GraphData",
     "HGBData",
+    "HeteroGraph",
     "Mixture",
     "RecallBatches",
     "RecallTask",

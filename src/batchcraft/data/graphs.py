@@ -14,15 +14,17 @@ Every generator takes an explicit seed or ``torch.Generator``; none touches the 
 from __future__ import annotations
 
 import io
-import pickle
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from batchcraft.data.archive import MAX_MEMBER_BYTES, read_file, read_member
+from batchcraft.data.safe_pickle import CSRArrays, csr_to_dense, load_planetoid_pickle
 
 __all__ = [
     "GraphData",
@@ -192,65 +194,99 @@ def powerlaw_graph(
 # Planetoid
 
 
-def _open_planetoid(path: Path, name: str) -> dict[str, bytes]:
-    keys = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
-    files: dict[str, bytes] = {}
+_PLANETOID_KEYS = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+
+
+def _open_planetoid(path: Path, name: str, max_bytes: int) -> dict[str, tuple[bytes, str]]:
+    """``{key: (bytes, where)}`` of the eight ``ind.<name>.*`` files of a zip or a folder."""
+    files: dict[str, tuple[bytes, str]] = {}
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = {Path(n).name: n for n in z.namelist()}
-            for k in keys:
+            for k in _PLANETOID_KEYS:
                 fn = f"ind.{name}.{k}"
                 if fn not in names:
                     raise FileNotFoundError(f"{path} has no {fn}")
-                files[k] = z.read(names[fn])
+                files[k] = (read_member(z, names[fn], max_bytes=max_bytes), f"{path}:{names[fn]}")
     elif path.is_dir():
-        for k in keys:
-            matches = list(path.rglob(f"ind.{name}.{k}"))
+        for k in _PLANETOID_KEYS:
+            matches = sorted(path.rglob(f"ind.{name}.{k}"))
             if not matches:
                 raise FileNotFoundError(f"no ind.{name}.{k} under {path}")
-            files[k] = matches[0].read_bytes()
+            files[k] = (read_file(matches[0], max_bytes=max_bytes), str(matches[0]))
+    elif path.exists():
+        raise ValueError(f"{path} is neither a zip archive nor a folder of ind.{name}.* files")
     else:
-        raise FileNotFoundError(f"{path} is neither a zip file nor a folder")
+        raise FileNotFoundError(f"Planetoid dataset {str(path)!r} does not exist")
     return files
 
 
-def _dense(obj: Any) -> Tensor:
-    if hasattr(obj, "toarray"):
-        obj = obj.toarray()
-    return torch.as_tensor(obj).float()
+def _dense(obj: Any, where: str) -> Tensor:
+    """A 2-D float32 tensor from an unpickled CSR matrix or numeric ndarray."""
+    if isinstance(obj, CSRArrays):
+        return csr_to_dense(obj, where)
+    if isinstance(obj, np.ndarray) and obj.ndim == 2 and obj.dtype.kind in "biuf":
+        return torch.from_numpy(np.ascontiguousarray(obj, dtype=np.float32))
+    raise ValueError(f"{where}: expected a 2-D numeric matrix, got {type(obj).__name__}")
 
 
-def load_planetoid(path: str | Path, name: str | None = None) -> GraphData:
+def _adjacency(obj: Any, where: str) -> dict[int, list[int]]:
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, (int, np.integer)) and isinstance(v, list) for k, v in obj.items()
+    ):
+        raise ValueError(f"{where}: expected an adjacency dict {{node: [neighbours]}}")
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for v in obj.values() for d in v):
+        raise ValueError(f"{where}: neighbour ids must be non-negative ints")
+    return {int(k): [int(d) for d in v] for k, v in obj.items()}
+
+
+def load_planetoid(
+    path: str | Path, name: str | None = None, *, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> GraphData:
     """Load a Planetoid citation graph (Cora, CiteSeer, PubMed) from a zip or a folder.
 
     Features are ``allx`` rows then ``tx`` rows placed at the ``test.index`` positions; test ids
     missing from ``tx`` (CiteSeer's isolated nodes) get zero features and label -1. Labels are
     the argmax of the one-hot rows. Edges come from the adjacency dict, symmetrised, without
     self-loops or duplicates. Split: train = first ``len(y)`` ids, val = next 500, test = the
-    ``test.index`` ids. The files are Python pickles (``encoding='latin1'``): load only trusted
-    files. Needs scipy to unpickle the sparse feature matrices.
+    ``test.index`` ids. The files are Python pickles: they are read with a restricted unpickler
+    (:mod:`batchcraft.data.safe_pickle`) that only builds numeric arrays, CSR matrices and the
+    adjacency dict and refuses anything else, so a crafted file cannot run code; scipy is not
+    needed.
 
     Args:
         path: ``cora.zip``, a folder holding ``ind.<name>.*`` files, or a folder with ``<name>.zip``.
         name: ``"cora"``, ``"citeseer"`` or ``"pubmed"`` (default: the file/folder stem).
+        max_member_bytes: cap on the size of any one file read into memory.
     """
     p = Path(path)
     name = (name or p.stem).lower()
     if p.is_dir() and (p / f"{name}.zip").exists() and not list(p.glob(f"ind.{name}.*")):
         p = p / f"{name}.zip"
-    raw = _open_planetoid(p, name)
-
-    def unpickle(k: str) -> Any:
-        with warnings.catch_warnings():  # old pickles name scipy.sparse.csr (deprecated alias)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return pickle.loads(raw[k], encoding="latin1")  # trusted research data only
-
-    x, y, tx, ty, allx, ally = (unpickle(k) for k in ("x", "y", "tx", "ty", "allx", "ally"))
-    graph = unpickle("graph")
-    test_index = torch.tensor([int(t) for t in raw["test.index"].decode().split()])
-    allx_t, ally_t, tx_t, ty_t = _dense(allx), _dense(ally), _dense(tx), _dense(ty)
-    test_sorted = test_index.sort().values
-    n = max(int(test_sorted.max()) + 1, allx_t.shape[0] + tx_t.shape[0], len(graph))
+    raw = _open_planetoid(p, name, max_member_bytes)
+    obj = {k: load_planetoid_pickle(*raw[k]) for k in _PLANETOID_KEYS if k != "test.index"}
+    allx_t, ally_t, tx_t, ty_t = (_dense(obj[k], raw[k][1]) for k in ("allx", "ally", "tx", "ty"))
+    y_rows = _dense(obj["y"], raw["y"][1]).shape[0]
+    graph = _adjacency(obj["graph"], raw["graph"][1])
+    text, where = raw["test.index"][0].decode("utf-8", errors="replace"), raw["test.index"][1]
+    try:
+        test_index = torch.tensor([int(t) for t in text.split()], dtype=torch.long)
+    except ValueError:
+        raise ValueError(f"{where}: every line must hold one integer node id") from None
+    if test_index.numel() != tx_t.shape[0] or ty_t.shape[0] != tx_t.shape[0]:
+        raise ValueError(
+            f"{where}: {test_index.numel()} test ids but tx has {tx_t.shape[0]} rows and ty "
+            f"{ty_t.shape[0]}; the files do not belong together"
+        )
+    if allx_t.shape[0] != ally_t.shape[0] or allx_t.shape[1] != tx_t.shape[1]:
+        raise ValueError(f"{raw['allx'][1]}: allx/ally/tx shapes do not match")
+    if test_index.numel() and int(test_index.min()) < 0:
+        raise ValueError(f"{where}: test ids must be >= 0")
+    n = max(
+        int(test_index.max()) + 1 if test_index.numel() else 0,
+        allx_t.shape[0] + tx_t.shape[0],
+        len(graph),
+    )
     feats = torch.zeros(n, allx_t.shape[1])
     onehot = torch.zeros(n, ally_t.shape[1])
     feats[: allx_t.shape[0]] = allx_t
@@ -259,14 +295,14 @@ def load_planetoid(path: str | Path, name: str | None = None) -> GraphData:
     feats[test_index] = tx_t
     onehot[test_index] = ty_t
     labels = torch.where(onehot.sum(1) > 0, onehot.argmax(1), torch.full((n,), -1))
-    src = [int(s) for s, nbrs in graph.items() for _ in nbrs]
-    dst = [int(d) for _, nbrs in graph.items() for d in nbrs]
-    edge_index = to_undirected(torch.tensor([src, dst], dtype=torch.long), n)
-    num_train = len(y)
-    train_idx = torch.arange(num_train)
-    val_idx = torch.arange(num_train, num_train + 500)
+    src = [s for s, nbrs in graph.items() for _ in nbrs]
+    dst = [d for _, nbrs in graph.items() for d in nbrs]
+    if (src and max(src) >= n) or (dst and max(dst) >= n):
+        raise ValueError(f"{raw['graph'][1]}: node ids beyond the {n} nodes of the features")
+    edge_index = to_undirected(torch.tensor([src, dst], dtype=torch.long).view(2, -1), n)
+    train_idx = torch.arange(y_rows)
+    val_idx = torch.arange(y_rows, y_rows + 500)
     test_idx = test_index[labels[test_index] >= 0]
-    del x, tx, ty
     return GraphData(feats, labels, edge_index, train_idx, val_idx, test_idx, ally_t.shape[1], name)
 
 

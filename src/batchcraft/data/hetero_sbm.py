@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from batchcraft.data.hetero_graph import HeteroGraph
 from batchcraft.data.hgb import HGBData
-from batchcraft.graph.hetero import HeteroGraph
 
 __all__ = ["hetero_sbm"]
 

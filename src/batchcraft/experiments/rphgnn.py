@@ -1,18 +1,21 @@
 """Reproduce RpHGNN's HGB node-classification claim (DBLP 95.55, ACM 94.04 Micro-F1).
 
 ACM and DBLP from the data folder when present (else the seeded heterogeneous SBM): RpHGNN vs
-an MLP on the target's own features and a SeHGNN-style relation-wise pre-computation (metapaths
-of length <= 2), Micro/Macro-F1 on ``label.dat.test`` at the best validation epoch (the shared
-archives' ``label.dat.test_full`` disagrees with it at chance level, see ``HGBData.label_agreement``), with
+an MLP on the target's own features and two relation-wise baselines on the same metapath tables:
+per-path projection + concatenation (``relation_wise``) and SeHGNN's transformer-style semantic
+fusion (``sehgnn``); metapaths of up to 2 hops in the quick setting, SeHGNN's own lengths (ACM 4,
+DBLP 2) in the full one. Micro/Macro-F1 at the best validation epoch on the
+test file the loader picks (``test_labels="auto"``: the shared archives' ``label.dat.test_full``
+disagrees with ``label.dat.test`` at chance level, so ``label.dat.test`` is used), with
 pre-computation, epoch and total times. The verdict compares the measured Micro-F1 with the
-issue's targets (within 1.5 points of the paper: ACM >= 92.5, DBLP >= 94.0).
+targets (within 1.5 points of the paper: ACM >= 92.5, DBLP >= 94.0) and RpHGNN's total time with
+SeHGNN's (the paper's most effective baseline).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import statistics
-import warnings
 from typing import Any
 
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric
@@ -27,8 +30,10 @@ def _configs(quick: bool) -> dict[str, Any]:
 
     if not quick:
         return dict(PRESETS)
-    return {  # laptop setting: fewer epochs; DBLP squashes random (not 4231-d) features
-        "ACM": dataclasses.replace(PRESETS["ACM"], num_iterations=3, epochs=150, patience=30),
+    return {  # laptop setting: fewer epochs, 2-hop baselines; DBLP squashes random (not 4231-d) features
+        "ACM": dataclasses.replace(
+            PRESETS["ACM"], num_iterations=3, epochs=150, patience=30, baseline_hops=2
+        ),
         "DBLP": dataclasses.replace(
             PRESETS["DBLP"], use_all_features=False, embedding_size=256, hidden=256,
             epochs=150, patience=30,
@@ -43,7 +48,7 @@ def _configs(quick: bool) -> dict[str, Any]:
     claim="RpHGNN reaches state-of-the-art Micro-F1 on HGB (DBLP 95.55, ACM 94.04) with cheap "
     "pre-computation whose cost grows linearly in depth",
     quick_minutes=3,
-    full_setting="spec §3.7 hyper-parameters (ACM K=6 with 1902-d features everywhere, DBLP K=5 "
+    full_setting="the official hyper-parameters (ACM K=6 with 1902-d features everywhere, DBLP K=5 "
     "with all features, e=1024), up to 500 epochs, every seed given",
     order=80,
 )
@@ -56,18 +61,18 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         names = [n for n in ("ACM", "DBLP") if (ctx.data_dir / f"{n}.zip").exists()]
     if not names:
         names = ["sbm"]
-    methods = ["rphgnn", "relation_wise", "mlp"]
+    methods = ["rphgnn", "relation_wise", "sehgnn", "mlp"]
     records: dict[str, dict[str, list[dict[str, Any]]]] = {}
     agreement: dict[str, float | None] = {}
     with ctx.progress(
         len(names) * len(methods) * len(ctx.seeds), "datasets x methods x seeds"
     ) as bar:
         for spec in names:
-            with warnings.catch_warnings():  # the label-file disagreement is reported below
-                warnings.simplefilter("ignore", UserWarning)
-                data = load_dataset(spec, data_dir=ctx.data_dir, test_labels="public")
+            data = load_dataset(spec, data_dir=ctx.data_dir, test_labels="auto")
             agreement[data.name] = data.label_agreement
             ctx.log(f"{data.name}: {data.graph.num_nodes_dict}, evaluating on {data.test_file}")
+            if data.test_file_reason:
+                ctx.log(data.test_file_reason)
             cfg = cfgs.get(data.name, cfgs["hetero-sbm"])
             records[data.name] = {}
             for m in methods:
@@ -108,10 +113,11 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     agree = ", ".join(f"{k} {100 * v:.1f}%" for k, v in agreement.items() if v is not None)
     if agree:
         summary += (
-            f" Evaluated on {test_file}: in the shared archives label.dat.test_full agrees with "
-            f"label.dat.test on only {agree} of the public test nodes (chance level; e.g. DBLP "
-            "lists J. D. Ullman as AI there), while label.dat.test is consistent with label.dat "
-            "and the class names, so test_full is not a usable ground truth here."
+            f" Evaluated on {test_file} (picked by the loader): in the shared archives "
+            f"label.dat.test_full agrees with label.dat.test on only {agree} of the public test "
+            "nodes (chance level; e.g. DBLP lists J. D. Ullman as AI there), while a 2-hop label "
+            "vote from label.dat agrees with label.dat.test, so test_full is not a usable ground "
+            "truth here."
         )
     setting = (
         f"{'quick' if ctx.quick else 'full'} setting; datasets {list(records)}; seeds {ctx.seeds}; "
@@ -130,30 +136,38 @@ def _mean(recs: list[dict[str, Any]], key: str) -> float:
     return statistics.fmean(float(r[key]) for r in recs)
 
 
+def _speed_baseline(by_m: dict[str, list[dict[str, Any]]]) -> str:
+    """The relation-wise baseline the speed claim is measured against: SeHGNN with its semantic
+    fusion when it ran (the paper's most effective baseline), else the plain relation-wise one."""
+    return "sehgnn" if "sehgnn" in by_m else "relation_wise"
+
+
 def _verdict(records: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[Any, str]:
     parts, hits, close, fast = [], 0, 0, 0
     for ds, by_m in records.items():
         rp = 100 * _mean(by_m["rphgnn"], "test_micro")
         mlp = 100 * _mean(by_m["mlp"], "test_micro")
-        rw = 100 * _mean(by_m["relation_wise"], "test_micro")
-        speed = _mean(by_m["relation_wise"], "total_s") / max(
-            _mean(by_m["rphgnn"], "total_s"), 1e-9
-        )
+        base = _speed_baseline(by_m)
+        rw = 100 * _mean(by_m[base], "test_micro")
+        speed = _mean(by_m[base], "total_s") / max(_mean(by_m["rphgnn"], "total_s"), 1e-9)
         fast += speed >= 2.0 and rp >= rw - 0.5  # the paper's speed claim, at equal F1
+        others = ", ".join(
+            f"{m} {100 * _mean(r, 'test_micro'):.2f}" for m, r in by_m.items() if m != "rphgnn"
+        )
         if ds in TARGET_MICRO:
             ok = rp >= TARGET_MICRO[ds]
             near = rp >= TARGET_MICRO[ds] - 3.0
             parts.append(
                 f"{ds}: RpHGNN micro-F1 {rp:.2f} (paper {PAPER_MICRO[ds]}, target >= "
-                f"{TARGET_MICRO[ds]}: {'met' if ok else 'missed'}); relation-wise {rw:.2f}, "
-                f"MLP {mlp:.2f}; relation-wise total time / RpHGNN total time = {speed:.2f}"
+                f"{TARGET_MICRO[ds]}: {'met' if ok else 'missed'}); {others}; "
+                f"{base} total time / RpHGNN total time = {speed:.2f}"
             )
         else:  # synthetic: the learnability claim (structure-only labels)
             ok = rp >= 90.0 and mlp <= 35.0
             near = rp >= 80.0 and rp > mlp + 20
             parts.append(
-                f"{ds} (synthetic, labels only in 2-hop structure): RpHGNN {rp:.2f}, "
-                f"relation-wise {rw:.2f}, MLP {mlp:.2f} (needs >= 90 vs <= 35)"
+                f"{ds} (synthetic, labels only in 2-hop structure): RpHGNN {rp:.2f}, {others} "
+                "(needs >= 90 vs MLP <= 35)"
             )
         hits += ok
         close += near
@@ -165,7 +179,8 @@ def _verdict(records: dict[str, dict[str, list[dict[str, Any]]]]) -> tuple[Any, 
     else:
         verdict = "not reproduced"
     speed_note = (
-        " Speed target (>= 2x faster than the relation-wise baseline at equal or better F1) "
+        " Speed target (>= 2x faster in total time than SeHGNN-style relation-wise learning with "
+        "semantic fusion, at equal or better F1) "
         + ("met." if fast == n else f"met on {fast} of {n} dataset(s).")
     )
     return verdict, "; ".join(parts) + "." + speed_note

@@ -123,10 +123,27 @@ class NeighborLoader:
             )
         if input_nodes is None:
             input_nodes = torch.arange(n)
+        elif not isinstance(input_nodes, Tensor):
+            raise TypeError(
+                f"input_nodes must be a tensor of int node ids or a bool mask, got "
+                f"{type(input_nodes).__name__}"
+            )
         elif input_nodes.dtype == torch.bool:
             if input_nodes.shape != (n,):
                 raise ValueError(f"an input_nodes mask must have shape [{n}]")
             input_nodes = input_nodes.nonzero().view(-1)
+        elif input_nodes.is_floating_point() or input_nodes.is_complex():
+            raise TypeError(
+                f"input_nodes must hold integer node ids (int32/int64) or be a bool mask, got "
+                f"{input_nodes.dtype}; a float id such as 2.7 is not a node"
+            )
+        else:
+            if input_nodes.dim() != 1:
+                raise ValueError(
+                    f"input_nodes must be 1-D [M], got shape {tuple(input_nodes.shape)}"
+                )
+            if input_nodes.numel() and (int(input_nodes.min()) < 0 or int(input_nodes.max()) >= n):
+                raise IndexError(f"input_nodes ids must lie in [0, {n})")
         self.graph = graph
         self.features = features
         self.labels = labels

@@ -29,6 +29,7 @@ from batchcraft.graph.hetero import (
 )
 
 __all__ = [
+    "check_positive_int",
     "initial_features",
     "naive_rphgnn_precompute",
     "random_projection",
@@ -107,13 +108,24 @@ def initial_features(
     return out
 
 
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1 (``name`` is used in the message)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def _check_args(
-    num_nodes_dict: dict[str, int], target: str, num_iterations: int, kernel: str, even_odd: str
+    num_nodes_dict: dict[str, int],
+    target: str,
+    num_iterations: int,
+    kernel: str,
+    even_odd: str,
+    embedding_size: int,
 ) -> None:
     if target not in num_nodes_dict:
         raise ValueError(f"target {target!r} is not a node type; types: {sorted(num_nodes_dict)}")
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations (K) must be >= 1, got {num_iterations}")
+    check_positive_int("num_iterations (K)", num_iterations)
+    check_positive_int("embedding_size", embedding_size)
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {_KERNELS}, got {kernel!r}")
     if even_odd not in _EVEN_ODD:
@@ -212,7 +224,7 @@ def rphgnn_precompute(
         )  # fmt: skip
     if impl not in ("auto", "chunk"):
         raise ValueError(f"impl must be 'auto', 'chunk' or 'naive', got {impl!r}")
-    _check_args(num_nodes_dict, target, num_iterations, kernel, even_odd)
+    _check_args(num_nodes_dict, target, num_iterations, kernel, even_odd, embedding_size)
     rels, raw = canonicalize_relations(edge_index_dict, num_nodes_dict)
     X = initial_features(
         x_dict, num_nodes_dict, target, embedding_size=embedding_size,
@@ -295,7 +307,7 @@ def naive_rphgnn_precompute(
     Same arguments and outputs (without chunking); computes all ``H_t`` of an iteration first,
     then collects and squashes, literally as in spec §3.3.
     """
-    _check_args(num_nodes_dict, target, num_iterations, kernel, even_odd)
+    _check_args(num_nodes_dict, target, num_iterations, kernel, even_odd, embedding_size)
     rels, raw = canonicalize_relations(edge_index_dict, num_nodes_dict)
     X = initial_features(
         x_dict, num_nodes_dict, target, embedding_size=embedding_size,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from batchcraft.graph.hetero import EdgeType, build_csr, canonicalize_relations, csr_mean_propagate
-from batchcraft.graph.rphgnn import initial_features
+from batchcraft.graph.rphgnn import check_positive_int, initial_features
 
 __all__ = ["feature_groups", "metapath_count", "nars_precompute", "relation_wise_precompute"]
 
@@ -66,8 +66,10 @@ def relation_wise_precompute(
     A path ``t_0 →r_1→ t_1 … →r_h→ τ`` gives ``Â_{r_h} ⋯ Â_{r_1} X_{t_0}``; keys are
     ``"mp:<r_1>|…|<r_h>"`` (relation names) plus ``"self"``.
     """
-    if num_hops < 1:
-        raise ValueError(f"num_hops must be >= 1, got {num_hops}")
+    check_positive_int("num_hops", num_hops)
+    check_positive_int("embedding_size", embedding_size)
+    if target not in num_nodes_dict:
+        raise ValueError(f"target {target!r} is not a node type; types: {sorted(num_nodes_dict)}")
     rels, _ = canonicalize_relations(edge_index_dict, num_nodes_dict)
     X = initial_features(
         x_dict, num_nodes_dict, target, embedding_size=embedding_size,
@@ -122,6 +124,11 @@ def nars_precompute(
     random relation subset ``R`` a hop is ``X_t ← mean_{r ∈ R, dst(r)=t} Â_r X_src(r)``; the
     target's hop representations are averaged over subsets.
     """
+    check_positive_int("num_hops", num_hops)
+    check_positive_int("num_subsets", num_subsets)
+    check_positive_int("embedding_size", embedding_size)
+    if target not in num_nodes_dict:
+        raise ValueError(f"target {target!r} is not a node type; types: {sorted(num_nodes_dict)}")
     rels, _ = canonicalize_relations(edge_index_dict, num_nodes_dict)
     X0 = initial_features(
         x_dict, num_nodes_dict, target, embedding_size=embedding_size, use_all_features=True,

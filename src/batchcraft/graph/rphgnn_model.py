@@ -87,6 +87,18 @@ class RpHGNN(nn.Module):
         for p in (input_dropout, dropout):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"dropout probabilities must be in [0, 1), got {p}")
+        for name, v in (
+            ("hidden_channels", hidden_channels),
+            ("out_channels", out_channels),
+            ("num_filters", num_filters),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        for j, shape in group_shapes.items():
+            if len(shape) != 2 or any(isinstance(v, bool) or int(v) != v or v < 1 for v in shape):
+                raise ValueError(
+                    f"group_shapes[{j!r}] must be (depth n_j >= 1, width m_j >= 1), got {shape!r}"
+                )
         self.keys = list(group_shapes)
         self.merge = merge
         self.input_dropout = nn.Dropout(input_dropout)
@@ -106,6 +118,18 @@ class RpHGNN(nn.Module):
             width = hidden_channels
         out_layers.append(nn.Linear(width, out_channels))
         self.output = nn.Sequential(*out_layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Official initialisation: Xavier-normal weights and zero biases for every linear map
+        (hop mixers included); PReLU slopes 0.25."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, HopMixer)):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.PReLU):
+                nn.init.constant_(m.weight, 0.25)
 
     def forward(self, groups: Mapping[str, Tensor]) -> Tensor:
         """groups: ``{key: [B, n_j, m_j]}`` → logits ``[B, C]``."""
@@ -156,16 +180,36 @@ def f1_scores(pred: Tensor, target: Tensor, *, multilabel: bool = False) -> tupl
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """Training hyper-parameters (spec §3.6/3.7 defaults)."""
+    """Training hyper-parameters (the paper's defaults); validated on construction.
+
+    Early stopping (as the official code): after each validation without improvement
+    ``since += val_every``; training stops once ``since > patience``.
+    """
 
     lr: float = 3e-3  # Adam, no weight decay
     epochs: int = 500
-    patience: int = 100  # epochs without improvement before stopping
+    patience: int = 100  # epochs without improvement tolerated (stop when exceeded)
     batch_size: int = 1000
     val_every: int = 1
     stop_on: str = "f1"  # "f1" (mean of val micro/macro) or "loss"
     eval_batch_size: int = 10000
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+        for name in ("epochs", "batch_size", "val_every", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if (
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 0
+        ):
+            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
+        if self.stop_on not in ("f1", "loss"):
+            raise ValueError(f"stop_on must be 'f1' or 'loss', got {self.stop_on!r}")
 
 
 def _predict(logits: Tensor, multilabel: bool) -> Tensor:
@@ -268,7 +312,7 @@ def train_node_classifier(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             since += config.val_every
-            if since >= config.patience:
+            if since > config.patience:  # the official rule (not >=)
                 break
     train_time = time.perf_counter() - t0
     model.load_state_dict(best_state)

@@ -1,7 +1,8 @@
 """End-to-end GraphSAGE training run used by ``batchcraft graph train`` and the experiment.
 
 :func:`build_dataset` makes or loads the graph, :func:`run_training` builds the feature store,
-loaders and model, trains with progress, checkpoints, resume, and writes ``history.json``.
+loaders and model, trains with progress, checkpoints, resume, evaluates the final model on the
+test split (``test_acc`` in the last history entry) and writes ``history.json``.
 Launched by ``torchrun`` (``WORLD_SIZE > 1``) it trains data-parallel: each rank samples its own
 shard of the training seeds, only rank 0 logs and writes files, evaluation is identical on all
 ranks.
@@ -61,14 +62,20 @@ def build_dataset(s: TrainSettings) -> GraphData:
     if s.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {s.dataset!r}")
     if s.dataset in ("cora", "citeseer"):
-        from batchcraft.data.paths import find_data_dir
+        from batchcraft.data.paths import data_dir_candidates, find_data_dir
 
-        folder = s.data_dir or find_data_dir()
-        if folder is None or not (Path(folder) / f"{s.dataset}.zip").exists():
-            raise FileNotFoundError(
-                f"{s.dataset}.zip not found: pass --data-dir or set $BATCHCRAFT_DATA"
-            )
-        return load_planetoid(Path(folder) / f"{s.dataset}.zip")
+        if s.data_dir is not None:
+            folders = [find_data_dir(s.data_dir)]  # raises when the folder itself is missing
+        else:
+            folders = list(dict.fromkeys(data_dir_candidates()))
+        tried = [Path(f) / f"{s.dataset}.zip" for f in folders if f is not None]
+        for path in tried:
+            if path.exists():
+                return load_planetoid(path)
+        raise FileNotFoundError(
+            f"{s.dataset}.zip not found; tried {', '.join(map(str, tried))}: pass --data-dir "
+            "or set $BATCHCRAFT_DATA"
+        )
     if s.dataset == "planted":
         return planted_partition(seed=s.seed)
     return powerlaw_graph(s.num_nodes, s.avg_degree, num_features=s.num_features, seed=s.seed)
@@ -138,6 +145,14 @@ def run_training(
             max_batches=s.max_batches,
             on_batch=lambda i, loss: bar.advance(loss=loss),
         )
+    if history:  # the final model on the test split, sampled like validation
+        test_loader = NeighborLoader(
+            graph, store, data.y, s.fanouts, batch_size=s.batch_size, input_nodes=data.test_idx,
+            shuffle=False, generator=torch.Generator().manual_seed(s.seed + 2),
+            prefetch=s.prefetch,
+        )  # fmt: skip
+        history[-1]["test_acc"] = evaluate(model, test_loader)
+        log(f"test acc {history[-1]['test_acc']:.3f} ({data.test_idx.numel()} nodes, final model)")
     if rank == 0:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}
         settings["world_size"] = world
