@@ -13,18 +13,20 @@ DATA_ENV = "BATCHCRAFT_DATA"
 def data_dir_candidates(explicit: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders searched for real data, in order.
 
-    ``explicit`` (a ``--data-dir`` option) comes first, then ``$BATCHCRAFT_DATA``, then
-    ``../shared/data`` next to the current folder and next to the source checkout.
+    An ``explicit`` folder (a ``--data-dir`` option) is the only candidate; otherwise
+    ``$BATCHCRAFT_DATA`` when set is the only one (a user who names a folder must never get data
+    from another); otherwise ``../shared/data`` next to the current folder and next to the source
+    checkout.
     """
-    out = [Path(explicit)] if explicit else []
+    if explicit:
+        return [Path(explicit)]
     env = os.environ.get(DATA_ENV)
     if env:
-        out.append(Path(env))
-    out += [
+        return [Path(env)]
+    return [
         Path.cwd().parent / "shared" / "data",
         Path(__file__).resolve().parents[3].parent / "shared" / "data",
     ]
-    return out
 
 
 def find_data_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
