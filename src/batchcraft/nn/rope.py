@@ -139,27 +139,31 @@ class _Rotate(torch.autograd.Function):
 
 
 class _RotatePair(torch.autograd.Function):
-    """:class:`_Rotate` on queries and keys at once: ``[B, T, 2, H, D]`` in, two contiguous
-    ``[B, T, H, D]`` out (one kernel chain for both; one input gradient)."""
+    """:class:`_Rotate` on queries and keys at once: ``[B, T, 2, H, D]`` in (any strides), two
+    ``[B, T, H, D]`` views of one contiguous buffer out; one input gradient. Outputs and
+    gradients are written in their natural layout (kernels on permuted outputs are slow)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, cos: Tensor, sin_signed: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         ctx.save_for_backward(cos, sin_signed)
         c, s = cos.unsqueeze(-2), sin_signed.unsqueeze(-2)  # [B or 1, T, 1, 1, D]
-        out = x.new_empty(2, *x.shape[:2], *x.shape[3:])  # [2, B, T, H, D]
-        torch.addcmul(x * c, _swap_halves(x), s, out=out.permute(1, 2, 0, 3, 4))
-        return out[0], out[1]
+        out = torch.mul(x, c).addcmul_(_swap_halves(x), s)  # [B, T, 2, H, D]
+        return out[:, :, 0], out[:, :, 1]
 
     @staticmethod
     def backward(ctx: Any, gq: Tensor | None, gk: Tensor | None) -> tuple[Tensor, None, None]:  # type: ignore[override]
         cos, sin_signed = ctx.saved_tensors
         like = gq if gq is not None else gk
         assert like is not None
-        g = torch.stack(
-            [torch.zeros_like(like) if t is None else t for t in (gq, gk)], dim=2
-        )  # [B, T, 2, H, D]
+        g = like.new_empty(like.shape[0], like.shape[1], 2, *like.shape[2:])  # [B, T, 2, H, D]
+        for i, gi in enumerate((gq, gk)):
+            if gi is None:
+                g[:, :, i].zero_()
+            else:
+                g[:, :, i].copy_(gi)
         c, s = cos.unsqueeze(-2), sin_signed.unsqueeze(-2)
-        return torch.addcmul(g * c, _swap_halves(g), s, value=-1), None, None
+        sw = _swap_halves(g)
+        return g.mul_(c).addcmul_(sw, s, value=-1), None, None
 
 
 def _fit_tables(tables: RopeTables, x: Tensor, cdt: torch.dtype, lead: int) -> RopeTables:

@@ -2,22 +2,23 @@
 
 Autograd through the eager chunk step records ~45 small nodes per chunk and runs twice as many
 kernels in backward as the maths needs. :class:`FusedChunks` runs the same maths (spec §3, §4)
-with gate and up stacked (``Wgu = [Wg; Wu]`` [N, 2Dh, D]) and queries and keys of a chunk
-stacked (``[q_j; k_j]`` [N, 2C, D]), so per chunk the forward is five ``bmm``::
+with gate and up stacked (``Wgu = [Wg; Wu]`` [N, 2Dh, D]). The update of chunk j needs only its
+keys and values, four ``bmm``::
 
-    Z   = [q_j; k_j] @ Wgu^T                  [N, 2C, 2Dh]  pre-activations (gate | up columns)
-    o_j = (silu(Zq_g) * Zq_u) @ Wd^T          [N, C, D]
+    Zk  = k_j @ Wgu^T                         [N, C, 2Dh]   key pre-activations (gate | up)
     G   = v_j @ Wd                            [N, C, Dh]
     Dd  = (ld * v_j)^T @ Hk                   [N, D, Dh]     Hk = silu(Zk_g) * Zk_u
     Dgu = (lgu * Pt)^T @ k_j                  [N, 2Dh, D]    Pt = [G * Zk_u * silu'(Zk_g), G * silu(Zk_g)]
 
 then momentum (``M <- D + mu M``), Newton-Schulz on the three matrices as one batch, and the
-weight norm. The backward walks the chunks last to first with the closed-form vector-Jacobian
-products (ten ``bmm`` per chunk, five per Newton-Schulz step), from tensors saved in the
-forward: the pre-activations ``Z``, ``G`` and ``Pt`` of every chunk and the per-chunk weights,
-momentum and pre-norm sums (nothing is recomputed with autograd). With ``recompute=True`` only the
-per-chunk weights are kept and each chunk's three pre-activation products are recomputed in
-backward (activation memory of one chunk).
+weight norm. The apply half (``o_j = (silu(q_j Wg^T) * q_j Wu^T) Wd^T``) needs only the weights
+entering each chunk, so it runs once for all chunks after the loop as large batched products.
+The backward walks the chunks last to first with the closed-form vector-Jacobian products
+(eight ``bmm`` per chunk, four per Newton-Schulz step, the apply half batched again) from
+tensors saved in the forward: the pre-activations of every chunk and the per-chunk weights,
+momentum and pre-norm sums (nothing is recomputed with autograd). With ``recompute=True`` only
+the per-chunk state is kept and each chunk (apply included) is re-run in backward (activation
+memory of one chunk; bitwise the same results).
 
 Scope: SwiGLU fast weights, the ``neg_dot`` loss, one inner step, outside autocast; any weight
 norm, momentum and Muon schedule. Everything else takes the eager step (same maths, tested equal).
@@ -92,8 +93,9 @@ def _ns_backward(
 ) -> Tensor:
     """Vector-Jacobian product of :func:`_ns_forward`::
 
-    X' = a X + B X, B = b A + c A A, A = X X^T:
-        gX = a gX' + B^T gX' + (gA + gA^T) X,  gB = gX' X^T,  gA = b gB + c (gB A^T + A^T gB)
+    X' = a X + B X, B = b A + c A A, A = X X^T (symmetric):
+        gB = gX' X^T,  S = gB + gB^T,  gA + gA^T = b S + c (S A + (S A)^T)
+        gX = a gX' + B^T gX' + (gA + gA^T) X                 (four products per step)
     X0 = G / (f + eps), f = ||G||_F:  gG = gX0 / (f + eps) - G <gX0, G> / ((f + eps)^2 f)
     """
     g, f = saved[0], saved[1]
@@ -101,8 +103,10 @@ def _ns_backward(
         a, b, c = coeffs[i]
         x, A, B = saved[2 + 3 * i : 5 + 3 * i]
         gB = gx @ x.mT  # [S, m, m]
-        gA = torch.baddbmm(torch.baddbmm(gB, gB, A.mT, beta=b, alpha=c), A.mT, gB, alpha=c)
-        gx = torch.baddbmm(torch.baddbmm(gx, B.mT, gx, beta=a), gA + gA.mT, x)
+        S = gB.add_(gB.mT.clone())
+        SA = S @ A
+        gsym = torch.add(SA, SA.mT, alpha=1.0).mul_(c).add_(S, alpha=b)  # gA + gA^T
+        gx = torch.baddbmm(torch.baddbmm(gx, B.mT, gx, beta=a), gsym, x)
     fe = f + _NS_EPS
     dot = (gx * g).sum(dim=(-2, -1), keepdim=True)
     # f = 0 means g = 0: the second term vanishes (torch's norm backward gives 0 there too)
@@ -147,22 +151,48 @@ def _silu_grad(z: Tensor, s: Tensor) -> Tensor:
     return s * (1 + z * (1 - s))
 
 
-def _activations(
-    qk: Tensor, v: Tensor, w_gu: Tensor, w_d: Tensor, Z: Tensor, G: Tensor, Pt: Tensor
+def _key_activations(
+    k: Tensor, v: Tensor, w_gu: Tensor, w_d: Tensor, Z: Tensor, G: Tensor, Pt: Tensor
 ) -> Tensor:
-    """One chunk's pre-activations, written into ``Z`` [N, 2C, 2Dh], ``G`` [N, C, Dh] and
-    ``Pt`` [N, C, 2Dh] (the descent direction's left factors before the lr); returns
-    ``silu(Z_g) * Z_u`` [N, 2C, Dh]."""
+    """One chunk's key-side pre-activations, written into ``Z`` [N, C, 2Dh], ``G`` [N, C, Dh]
+    and ``Pt`` [N, C, 2Dh] (the descent direction's left factors before the lr); returns
+    ``Hk = silu(Z_g) * Z_u`` [N, C, Dh]."""
     Dh = w_d.shape[-1]
-    C = v.shape[1]
-    torch.matmul(qk, w_gu.mT, out=Z)  # [N, 2C, 2Dh]
+    torch.matmul(k, w_gu.mT, out=Z)  # [N, C, 2Dh]
     zg, zu = Z[..., :Dh], Z[..., Dh:]
-    a = torch.nn.functional.silu(zg)  # [N, 2C, Dh]
+    a = torch.nn.functional.silu(zg)  # [N, C, Dh]
     torch.matmul(v, w_d, out=G)  # [N, C, Dh]
-    zkg, zku = zg[:, C:], zu[:, C:]
-    torch.ops.aten.silu_backward.grad_input(G * zku, zkg, grad_input=Pt[..., :Dh])
-    torch.mul(G, a[:, C:], out=Pt[..., Dh:])
+    torch.ops.aten.silu_backward.grad_input(G * zu, zg, grad_input=Pt[..., :Dh])
+    torch.mul(G, a, out=Pt[..., Dh:])
     return a.mul_(zu)
+
+
+def _apply_forward(q: Tensor, w_gu: Tensor, w_d: Tensor, Zq: Tensor, o: Tensor) -> None:
+    """Queries of m chunks at once: ``o = (silu(Zq_g) * Zq_u) Wd^T``, ``Zq = q Wgu^T``.
+
+    q: [m, N, C, D]; w_gu: [m, N, 2Dh, D]; w_d: [m, N, D, Dh]; writes Zq [m, N, C, 2Dh] and
+    o [m, N, C, D]. The weights of every chunk are known after the update loop, so the apply
+    half of the work runs as a few large batched products instead of per-chunk ones.
+    """
+    Dh = w_d.shape[-1]
+    torch.matmul(q, w_gu.mT, out=Zq)
+    h = torch.nn.functional.silu(Zq[..., :Dh]).mul_(Zq[..., Dh:])
+    torch.matmul(h, w_d.mT, out=o)
+
+
+def _apply_backward(
+    q: Tensor, w_gu: Tensor, w_d: Tensor, Zq: Tensor, go: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """VJP of :func:`_apply_forward`: (gq [m, N, C, D], gWgu [m, N, 2Dh, D], gWd [m, N, D, Dh])."""
+    Dh = w_d.shape[-1]
+    zg, zu = Zq[..., :Dh], Zq[..., Dh:]
+    a = torch.nn.functional.silu(zg)
+    ghq = go @ w_d  # [m, N, C, Dh]
+    gwd = go.mT @ (a * zu)  # [m, N, D, Dh]
+    gZ = torch.empty_like(Zq)
+    torch.mul(ghq, a, out=gZ[..., Dh:])
+    torch.ops.aten.silu_backward.grad_input(ghq.mul_(zu), zg, grad_input=gZ[..., :Dh])
+    return gZ @ w_gu, gZ.mT @ q, gwd
 
 
 class _Saved(NamedTuple):
@@ -172,10 +202,10 @@ class _Saved(NamedTuple):
     ns: list[Tensor] | None  # Newton-Schulz intermediates
 
 
-def _chunk_forward(
+def _chunk_update(
     cfg: LaCTOptions,
     coeffs: Sequence[tuple[float, float, float]] | None,
-    qk: Tensor,
+    k: Tensor,
     v: Tensor,
     vd: Tensor,
     lgu: Tensor,
@@ -185,31 +215,27 @@ def _chunk_forward(
     mom: Pair | None,
     rho: Pair | None,
     bufs: tuple[Tensor, Tensor, Tensor],
-    o: Tensor | None,
     w_out: Pair,
     acc_out: Pair | None,
     mom_out: Pair | None,
     x_out: Pair | None,
 ) -> _Saved:
-    """Apply then update on one chunk, writing into the ``*_out`` buffers.
+    """One chunk's update of the state, writing into the ``*_out`` buffers.
 
     Args:
-        qk: [q_j; k_j] [N, 2C, D]; v, vd: v_j and ld * v_j [N, C, D]; lgu: lr [N, C, 2, 1].
+        k, v, vd: k_j, v_j and ld * v_j [N, C, D]; lgu: lr [N, C, 2, 1].
         mu: chunk-mean beta [N, 1, 1] or None.
         w, acc, mom, rho: the state entering the chunk ((gu, d) pairs, or None).
-        bufs: (Z, G, Pt) written by :func:`_activations`.
-        o: where o_j goes [N, C, D] (None: not needed, e.g. a backward recompute).
+        bufs: (Z, G, Pt) written by :func:`_key_activations`.
         w_out, acc_out, mom_out: the state after the chunk.
         x_out: post-norm only, the sum ``W + U`` before the renorm.
     """
-    N, C2, D = qk.shape
-    C, Dh = C2 // 2, w[1].shape[-1]
+    N, C, D = k.shape
+    Dh = w[1].shape[-1]
     Z, G, Pt = bufs
-    h = _activations(qk, v, w[0], w[1], Z, G, Pt)
-    if o is not None:
-        torch.matmul(h[:, :C], w[1].mT, out=o)  # o_j [N, C, D]
-    d_d = vd.mT @ h[:, C:]  # [N, D, Dh]
-    d_gu = (Pt.view(N, C, 2, Dh) * lgu).view(N, C, 2 * Dh).mT @ qk[:, C:]  # [N, 2Dh, D]
+    hk = _key_activations(k, v, w[0], w[1], Z, G, Pt)
+    d_d = vd.mT @ hk  # [N, D, Dh]
+    d_gu = (Pt.view(N, C, 2, Dh) * lgu).view(N, C, 2 * Dh).mT @ k  # [N, 2Dh, D]
     if mom is not None:
         assert mu is not None and mom_out is not None
         d_gu = torch.addcmul(d_gu, mu, mom[0], out=mom_out[0])  # M <- D + mu M
@@ -218,7 +244,6 @@ def _chunk_forward(
     if coeffs is not None:
         x, ns = _ns_forward(_ns_orient(d_gu, d_d, Dh), coeffs)
         d_gu, d_d = _ns_unorient(x, N, Dh, D)
-    norms = None
     if cfg.weight_norm is None:
         torch.add(w[0], d_gu, out=w_out[0])
         torch.add(w[1], d_d, out=w_out[1])
@@ -238,6 +263,12 @@ def _opt_pair(a: Tensor | None, b: Tensor | None, j: int) -> Pair | None:
     return None if a is None or b is None else (a[j], b[j])
 
 
+def _chunk_major(x: Tensor, n: int) -> Tensor:
+    """[N, n*C, X] -> contiguous [n, N, C, X]."""
+    N, L, X = x.shape
+    return x.reshape(N, n, L // n, X).transpose(0, 1).contiguous()
+
+
 class FusedChunks(torch.autograd.Function):
     """Complete causal chunks (apply then update), forward and closed-form backward.
 
@@ -245,6 +276,10 @@ class FusedChunks(torch.autograd.Function):
     ``wgu`` [N, 2Dh, D] (gate rows then up rows), ``wd`` [N, D, Dh]; pre-norm accumulators,
     momentum buffers and row norms ``rho`` (gu [N, 2Dh, 1], d [N, D, 1]) or None.
     Outputs: o [N, L, D], new wgu, wd, then (acc_gu, acc_d) and (mom_gu, mom_d) when present.
+
+    The loop runs the key side (the update) chunk by chunk; the query side (apply) needs only
+    the weights entering each chunk, so it runs once for all chunks after the loop (with
+    ``recompute``, chunk by chunk inside it, to keep one chunk's activations).
     """
 
     @staticmethod
@@ -271,19 +306,17 @@ class FusedChunks(torch.autograd.Function):
         n = L // C
         norm = cfg.weight_norm
         coeffs = ns_coefficients(cfg.muon, cfg.muon_steps) if cfg.use_muon else None
-        # chunk-major stacked queries and keys: qk[j] = [q_j; k_j] [N, 2C, D], contiguous
-        qk = torch.stack(
-            [q.reshape(N, n, C, D).transpose(0, 1), k.reshape(N, n, C, D).transpose(0, 1)], 2
-        ).reshape(n, N, 2 * C, D)
+        qc = _chunk_major(q, n)  # [n, N, C, D]
         vd = v * lr[..., 2:3]  # [N, L, D]: ld folded into the values once
         lgu = lr[..., :2].reshape(N, n, C, 2, 1)
         mu = None if beta is None else beta.reshape(N, n, C).mean(-1)  # [N, n]
-        # pre-activations of every chunk, saved for backward; with recompute one chunk's buffers
-        # are reused and the backward recomputes them from the saved per-chunk state
+        # key-side activations of every chunk, saved for backward; with recompute one chunk's
+        # buffers are reused and the backward recomputes them from the saved per-chunk state
         m = 1 if cfg.recompute else n
-        Z = q.new_empty(m, N, 2 * C, 2 * Dh)
+        Z = q.new_empty(m, N, C, 2 * Dh)
         G = q.new_empty(m, N, C, Dh)
         Pt = q.new_empty(m, N, C, 2 * Dh)
+        Zq = q.new_empty(m, N, C, 2 * Dh)  # query pre-activations
         O = q.new_empty(n, N, C, D)
         # the state entering chunk j at [j]; the final state at [n]
         Wgu, Wd = q.new_empty(n + 1, *wgu.shape), q.new_empty(n + 1, *wd.shape)
@@ -303,22 +336,26 @@ class FusedChunks(torch.autograd.Function):
         saved: list[_Saved] = []
         for j in range(n):
             sl, jj = slice(j * C, (j + 1) * C), (0 if cfg.recompute else j)
-            s_j = _chunk_forward(
-                cfg, coeffs, qk[j], v[:, sl], vd[:, sl], lgu[:, j],
+            if cfg.recompute:
+                _apply_forward(qc[j : j + 1], Wgu[j : j + 1], Wd[j : j + 1], Zq, O[j : j + 1])
+            s_j = _chunk_update(
+                cfg, coeffs, k[:, sl], v[:, sl], vd[:, sl], lgu[:, j],
                 None if mu is None else mu[:, j].view(N, 1, 1),
                 (Wgu[j], Wd[j]), _opt_pair(Agu, Ad, j), _opt_pair(Mgu, Md, j), rho,
-                (Z[jj], G[jj], Pt[jj]), O[j],
+                (Z[jj], G[jj], Pt[jj]),
                 (Wgu[j + 1], Wd[j + 1]), _opt_pair(Agu, Ad, j + 1), _opt_pair(Mgu, Md, j + 1),
                 _opt_pair(Xgu, Xd, jj),
             )  # fmt: skip
             if not cfg.recompute:
                 saved.append(s_j)
+        if not cfg.recompute:
+            _apply_forward(qc, Wgu[:n], Wd[:n], Zq, O)
 
         ctx.meta, ctx.shape, ctx.saved = meta, (N, n, C, D, Dh), saved
         if cfg.recompute:  # per-chunk state and the inputs only
-            Z = G = Pt = Xgu = Xd = vd = None  # type: ignore[assignment]
+            Z = G = Pt = Zq = Xgu = Xd = vd = None  # type: ignore[assignment]
         ctx.save_for_backward(
-            qk, v, vd, lr, beta, Z, G, Pt, Wgu, Wd, Agu, Ad, Mgu, Md, Xgu, Xd, rgu, rd
+            qc, k, v, vd, lr, beta, Z, G, Pt, Zq, Wgu, Wd, Agu, Ad, Mgu, Md, Xgu, Xd, rgu, rd
         )
         o = O.permute(1, 0, 2, 3).reshape(N, L, D)
         outs: list[Tensor] = [o, Wgu[n].clone(), Wd[n].clone()]
@@ -336,7 +373,7 @@ class FusedChunks(torch.autograd.Function):
         cfg = meta.cfg
         N, n, C, D, Dh = ctx.shape
         L = n * C
-        (qk, v, vd, lr, beta, Z, G, Pt, Wgu, Wd, Agu, Ad, Mgu, Md, Xgu, Xd, rgu, rd) = (
+        (qc, k, v, vd, lr, beta, Z, G, Pt, Zq, Wgu, Wd, Agu, Ad, Mgu, Md, Xgu, Xd, rgu, rd) = (
             ctx.saved_tensors
         )
         norm = cfg.weight_norm
@@ -345,14 +382,18 @@ class FusedChunks(torch.autograd.Function):
         rho = None if rgu is None or rd is None else (rgu, rd)
         mu = None if beta is None else beta.reshape(N, n, C).mean(-1)
         lgu = lr[..., :2].reshape(N, n, C, 2, 1)
+        go_c = _chunk_major(go, n)  # [n, N, C, D]
         if cfg.recompute:  # one chunk's buffers, refilled by re-running each chunk forward
-            Z = qk.new_empty(1, N, 2 * C, 2 * Dh)
-            G, Pt = qk.new_empty(1, N, C, Dh), qk.new_empty(1, N, C, 2 * Dh)
+            Z = qc.new_empty(1, N, C, 2 * Dh)
+            G, Pt = qc.new_empty(1, N, C, Dh), qc.new_empty(1, N, C, 2 * Dh)
             tmp_w = (torch.empty_like(Wgu[0]), torch.empty_like(Wd[0]))
             tmp_a = None if Agu is None else (torch.empty_like(Agu[0]), torch.empty_like(Ad[0]))
             tmp_m = None if Mgu is None else (torch.empty_like(Mgu[0]), torch.empty_like(Md[0]))
             if norm == "post":
                 Xgu, Xd = torch.empty_like(Wgu[:1]), torch.empty_like(Wd[:1])
+            gq_c = qc.new_empty(n, N, C, D)
+        else:  # the query side of every chunk at once
+            gq_c, gwgu_q, gwd_q = _apply_backward(qc, Wgu[:n], Wd[:n], Zq, go_c)
 
         def zero_if_none(g: Tensor | None, like: Tensor) -> Tensor:
             return torch.zeros_like(like) if g is None else g
@@ -377,28 +418,34 @@ class FusedChunks(torch.autograd.Function):
         grho_gu = None if rgu is None else torch.zeros_like(rgu)
         grho_d = None if rd is None else torch.zeros_like(rd)
 
-        go_c = go.reshape(N, n, C, D)
-        gqk = qk.new_empty(n, N, 2 * C, D)
+        gk_all = k.new_empty(N, L, D)
         gv = v.new_empty(N, L, D)
         glr = lr.new_empty(N, L, 3)
         gmu = None if beta is None else beta.new_empty(N, n)
-        gZ = qk.new_empty(N, 2 * C, 2 * Dh)
+        gZ = qc.new_empty(N, C, 2 * Dh)
         for j in reversed(range(n)):
             sl = slice(j * C, (j + 1) * C)
-            vj, ldj = v[:, sl], lr[:, sl, 2:3]
+            kj, vj, ldj = k[:, sl], v[:, sl], lr[:, sl, 2:3]
             vdj = vj * ldj if vd is None else vd[:, sl]
             if cfg.recompute:
                 jj = 0
-                sv = _chunk_forward(
-                    cfg, coeffs, qk[j], vj, vdj, lgu[:, j],
+                sv = _chunk_update(
+                    cfg, coeffs, kj, vj, vdj, lgu[:, j],
                     None if mu is None else mu[:, j].view(N, 1, 1),
                     (Wgu[j], Wd[j]), _opt_pair(Agu, Ad, j), _opt_pair(Mgu, Md, j), rho,
-                    (Z[0], G[0], Pt[0]), None, tmp_w, tmp_a, tmp_m, _opt_pair(Xgu, Xd, 0),
+                    (Z[0], G[0], Pt[0]), tmp_w, tmp_a, tmp_m, _opt_pair(Xgu, Xd, 0),
                 )  # fmt: skip
                 a_next = tmp_a
+                zq = qc[j : j + 1] @ Wgu[j : j + 1].mT  # [1, N, C, 2Dh]
+                gqj, gwgu_qj, gwd_qj = _apply_backward(
+                    qc[j : j + 1], Wgu[j : j + 1], Wd[j : j + 1], zq, go_c[j : j + 1]
+                )
+                gq_c[j] = gqj[0]
+                gwgu_qj, gwd_qj = gwgu_qj[0], gwd_qj[0]
             else:
                 jj, sv = j, ctx.saved[j]
                 a_next = _opt_pair(Agu, Ad, j + 1)
+                gwgu_qj, gwd_qj = gwgu_q[j], gwd_q[j]
             # ---- the update W_j -> W_{j+1} (weight norm, Muon, momentum), backwards
             gprev: Pair | None
             if norm == "post":
@@ -438,20 +485,12 @@ class FusedChunks(torch.autograd.Function):
                 mj = mu[:, j].view(N, 1, 1)
                 gm_gu, gm_d = gu_gu * mj, gu_d * mj
             gd_gu, gd_d = gu_gu, gu_d  # gradients of this chunk's descent direction
-            # ---- the chunk's maths, backwards
+            # ---- the chunk's key-side maths, backwards
             w_gu, w_d = Wgu[j], Wd[j]
             Zj, Gj, Ptj = Z[jj], G[jj], Pt[jj]
-            zg, zu = Zj[..., :Dh], Zj[..., Dh:]
-            s = torch.sigmoid(zg)  # [N, 2C, Dh]
-            a = zg * s  # silu
-            zqg, zqu, aq = zg[:, :C], zu[:, :C], a[:, :C]
-            zkg, zku, ak, sk = zg[:, C:], zu[:, C:], a[:, C:], s[:, C:]
-            kj, goj = qk[j][:, C:], go_c[:, j]
-            # query apply: o = (silu(zqg) * zqu) @ Wd^T
-            ghq = goj @ w_d  # [N, C, Dh]
-            gwd = goj.mT @ (aq * zqu)  # [N, D, Dh]
-            torch.mul(ghq, aq, out=gZ[:, :C, Dh:])
-            torch.ops.aten.silu_backward.grad_input(ghq * zqu, zqg, grad_input=gZ[:, :C, :Dh])
+            zkg, zku = Zj[..., :Dh], Zj[..., Dh:]
+            sk = torch.sigmoid(zkg)  # [N, C, Dh]
+            ak = zkg * sk  # silu
             # Dgu = (lgu * Pt)^T k ;  Dd = (ld v)^T Hk
             lj = lgu[:, j]  # [N, C, 2, 1]
             pt4 = Ptj.view(N, C, 2, Dh)
@@ -468,25 +507,22 @@ class FusedChunks(torch.autograd.Function):
             t = gptg * Gj
             gG = gptu * ak + gptg * zku * dsk
             gak = gptu * Gj + ghk * zku
-            torch.addcmul(t * dsk, ghk, ak, out=gZ[:, C:, Dh:])  # d zku
+            torch.addcmul(t * dsk, ghk, ak, out=gZ[..., Dh:])  # d zku
             second = sk * (1 - sk) * (2 + zkg * (1 - 2 * sk))  # silu''(zkg)
-            torch.addcmul(gak * dsk, t * zku, second, out=gZ[:, C:, :Dh])  # d zkg
+            torch.addcmul(gak * dsk, t * zku, second, out=gZ[..., :Dh])  # d zkg
             # G = v Wd
             gv[:, sl] = torch.baddbmm(gvd * ldj, gG, w_d.mT)
-            gwd = torch.baddbmm(gwd, vj.mT, gG)
-            # Z = [q; k] Wgu^T
-            gwgu = gZ.mT @ qk[j]  # [N, 2Dh, D]
-            gqkj = torch.matmul(gZ, w_gu, out=gqk[j])  # [N, 2C, D]
-            gqkj[:, C:] += gk
+            gwd = torch.baddbmm(gwd_qj, vj.mT, gG)
+            # Zk = k Wgu^T
+            gwgu = torch.baddbmm(gwgu_qj, gZ.mT, kj)  # [N, 2Dh, D]
+            gk_all[:, sl] = torch.baddbmm(gk, gZ, w_gu)  # [N, C, D]
             # the weights used by chunk j: their gradient joins the carried one of the state
             if gprev is None:  # pre-norm: W_j = renorm(A_j), or the input weights at j = 0
                 gw_gu, gw_d = gwgu, gwd
             else:
                 gw_gu, gw_d = gprev[0] + gwgu, gprev[1] + gwd
 
-        gqk5 = gqk.view(n, N, 2, C, D)
-        gq = gqk5[:, :, 0].permute(1, 0, 2, 3).reshape(N, L, D)
-        gk_all = gqk5[:, :, 1].permute(1, 0, 2, 3).reshape(N, L, D)
+        gq = gq_c.permute(1, 0, 2, 3).reshape(N, L, D)
         gbeta = None
         if gmu is not None:
             gbeta = (gmu / C).unsqueeze(-1).expand(N, n, C).reshape(N, L)

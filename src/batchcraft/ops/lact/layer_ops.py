@@ -57,6 +57,8 @@ def ttt_qk_prep_reference(
 
 
 class _QKPrep(torch.autograd.Function):
+    # Every large tensor after the first op is contiguous [B, T, 2, d] and updated in place where
+    # possible: elementwise kernels on strided or permuted outputs run several times slower.
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
@@ -71,21 +73,21 @@ class _QKPrep(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         B, T, _, d = x.shape
         D = d // heads
-        a = torch.nn.functional.silu(torch.addcmul(offset, x, scale)).view(B, T, 2, heads, D)
-        inv = (torch.linalg.vector_norm(a, dim=-1, keepdim=True) + eps).reciprocal_()
-        out = x.new_empty(2, B, T, d)  # q then k, each contiguous [B, T, d]
-        out_v = out.permute(1, 2, 0, 3)  # [B, T, 2, d]
-        if cos is None:
-            torch.mul(a, inv, out=out_v.view(B, T, 2, heads, D))
-        else:
+        a = torch.nn.functional.silu(torch.addcmul(offset, x, scale), inplace=True)
+        a5 = a.view(B, T, 2, heads, D)
+        inv = (torch.linalg.vector_norm(a5, dim=-1, keepdim=True) + eps).reciprocal_()
+        n = a5.mul_(inv).view(B, T, 2, d)  # [B, T, 2, d], contiguous
+        if cos is not None:
             assert sin_signed is not None
             Da = d // rope_heads
-            n = (a * inv).view(B, T, 2, rope_heads, Da)
+            nr = n.view(B, T, 2, rope_heads, Da)
+            sw = _swap_halves(nr)
             c, s = cos[None, :, None, None], sin_signed[None, :, None, None]  # [1, T, 1, 1, Da]
-            torch.addcmul(n * c, _swap_halves(n), s, out=out_v.view(B, T, 2, rope_heads, Da))
+            nr.mul_(c).addcmul_(sw, s)
         ctx.save_for_backward(x, scale, offset, cos, sin_signed)
         ctx.meta = (heads, rope_heads, eps)
-        return out[0].view(B, T, heads, D), out[1].view(B, T, heads, D)
+        out = n.view(B, T, 2, heads, D)
+        return out[:, :, 0], out[:, :, 1]  # [B, T, H, D] each (token stride 2d)
 
     @staticmethod
     def backward(ctx: Any, gq: Tensor | None, gk: Tensor | None) -> Any:  # type: ignore[override]
@@ -93,30 +95,29 @@ class _QKPrep(torch.autograd.Function):
         heads, rope_heads, eps = ctx.meta
         B, T, _, d = x.shape
         D = d // heads
-        g = x.new_zeros(B, T, 2, d) if gq is None or gk is None else None
-        if g is None:
-            assert gq is not None and gk is not None
-            g = torch.stack([gq.reshape(B, T, d), gk.reshape(B, T, d)], dim=2)  # [B, T, 2, d]
-        else:
-            if gq is not None:
-                g[:, :, 0] = gq.reshape(B, T, d)
-            if gk is not None:
-                g[:, :, 1] = gk.reshape(B, T, d)
+        g = x.new_empty(B, T, 2, d)
+        g5 = g.view(B, T, 2, heads, D)
+        for i, gi in enumerate((gq, gk)):
+            if gi is None:
+                g5[:, :, i].zero_()
+            else:
+                g5[:, :, i].copy_(gi)
         if cos is not None:  # the rotation's transpose: rotate by the opposite angles
             Da = d // rope_heads
             gr = g.view(B, T, 2, rope_heads, Da)
+            sw = _swap_halves(gr)
             c, s = cos[None, :, None, None], sin_signed[None, :, None, None]
-            g = torch.addcmul(gr * c, _swap_halves(gr), s, value=-1).view(B, T, 2, d)
+            gr.mul_(c).addcmul_(sw, s, value=-1)
         y = torch.addcmul(offset, x, scale)  # recomputed: [B, T, 2, d]
-        a = torch.nn.functional.silu(y).view(B, T, 2, heads, D)
-        r = torch.linalg.vector_norm(a, dim=-1, keepdim=True)
+        a5 = torch.nn.functional.silu(y).view(B, T, 2, heads, D)
+        r = torch.linalg.vector_norm(a5, dim=-1, keepdim=True)
         inv = (r + eps).reciprocal_()
-        gn = g.view(B, T, 2, heads, D)
         # n = a / (r + eps), r = ||a||:  ga = gn / (r + eps) - a <gn, a> / ((r + eps)^2 r)
-        dot = (gn * a).sum(-1, keepdim=True)
-        coef = torch.where(r > 0, dot * inv * inv / r.clamp_min(torch.finfo(r.dtype).tiny), 0.0)
-        ga = torch.addcmul(gn * inv, a, coef, value=-1).view(B, T, 2, d)
-        gy = torch.ops.aten.silu_backward(ga, y)
+        # (r = 0 means a = 0 and <gn, a> = 0: the clamp only avoids 0 / 0)
+        dot = torch.linalg.vecdot(g5, a5, dim=-1).unsqueeze(-1)
+        coef = dot.mul_(inv).mul_(inv).div_(r.clamp_min(torch.finfo(r.dtype).tiny))
+        ga = g5.mul_(inv).addcmul_(a5, coef, value=-1).view(B, T, 2, d)
+        gy = torch.ops.aten.silu_backward.grad_input(ga, y, grad_input=ga)
         gx = gy * scale
         gscale = (gy * x).sum((0, 1))
         goffset = gy.sum((0, 1))
@@ -146,8 +147,8 @@ def ttt_qk_prep(
         rope_heads: Ha, the head split the rotation uses (``Da = d / Ha``, ``D % Da == 0``).
 
     Returns:
-        ``(q, k)``: ``[B, T, H, D]`` each, contiguous, in ``x``'s dtype (computed in float32 or
-        higher).
+        ``(q, k)``: ``[B, T, H, D]`` each (views of one ``[B, T, 2, H, D]`` buffer), in ``x``'s
+        dtype (computed in float32 or higher).
     """
     _, T, two, d = x.shape
     if two != 2 or scale.shape != (2, d) or offset.shape != (2, d) or d % heads:
