@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from batchcraft.models import LaCTForCausalLM, swa_baseline
 from batchcraft.models.lact_config import LaCTConfig, lact_3b, lact_760m, lact_small, lact_tiny
 from batchcraft.nn.lact import LaCTLayer, inv_softplus, token_lr
+from batchcraft.nn.rope import rope_tables
 from batchcraft.ops.lact import FastWeights, swiglu_apply
 
 D64 = torch.float64
@@ -153,8 +154,9 @@ def test_updates_off_output_depends_on_its_own_token_only():
     changed = (y2 - y).abs().amax(dim=(0, 2)) > 1e-12
     assert changed.tolist() == [t == 3 for t in range(10)]
     # the static branch by hand: f_W0(q~) through the layer's own norm, gate and o_proj
-    q, k, v = layer.qkv(x).chunk(3, dim=-1)
-    qt, _, _, _, _ = layer._ttt_inputs(x, q, k, v, torch.arange(10))
+    qk, v, heads = layer._split_projection(x)
+    rope = rope_tables(range(10), layer.attn_head_dim, theta=layer.options.rope_theta, dtype=D64)
+    qt, _, _, _, _ = layer._ttt_inputs(x, qk, v, heads, rope)
     w0 = FastWeights(*[w.expand(2, *w.shape) for w in layer.initial_weights()])
     o = layer.ttt_norm(swiglu_apply(w0, qt)) * F.silu(layer.gate_proj(x)).unsqueeze(-1)
     torch.testing.assert_close(y, layer.o_proj(o.flatten(-2)), rtol=1e-12, atol=1e-12)

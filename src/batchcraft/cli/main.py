@@ -122,8 +122,14 @@ def bench(
     markdown: Annotated[
         Path | None, typer.Option(help="Append the result tables (Markdown) to this file.")
     ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(help="Where the time goes, per component (benchmarks that support it)."),
+    ] = False,
 ) -> None:
     """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
+    import inspect
+
     from batchcraft.registry import benchmarks
     from batchcraft.utils.bench import format_table, summary_rows
     from batchcraft.utils.progress import console
@@ -141,14 +147,19 @@ def bench(
     if unknown:
         console.print(f"[red]unknown benchmark(s) {unknown}; available: {sorted(registry)}[/red]")
         raise typer.Exit(2)
+    if profile:
+        chosen = [n for n in chosen if "profile" in inspect.signature(registry[n].fn).parameters]
+        if not chosen:
+            console.print("[red]none of these benchmarks has a --profile mode[/red]")
+            raise typer.Exit(2)
     sections: list[str] = []
     summary: list[dict[str, object]] = []
     for n in chosen:
         console.print(f"== {n} ==", highlight=False)
-        res = registry[n].fn(quick=quick)
+        res = registry[n].fn(quick=quick, **({"profile": True} if profile else {}))
         rows = res.get("rows", [])
         summary += summary_rows(n, rows)
-        flag = " --quick" if quick else ""
+        flag = (" --quick" if quick else "") + (" --profile" if profile else "")
         sections.append(f"### {n}\n\nCommand: `batchcraft bench {n}{flag}`\n\n{format_table(rows)}")
     if len(chosen) > 1:
         # one table of every ratio and fraction of a machine limit, across all benchmarks run

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.nn.lact import LaCTLayer, LaCTLayerCache
 from batchcraft.nn.ttt_linear import TTTLinearLayer
+from batchcraft.ops.lact.profile import prof_range
 
 __all__ = [
     "IGNORE_INDEX",
@@ -130,15 +131,20 @@ class LaCTBlock(nn.Module):
                 )
             x = x + self.mix(self.mix_norm(x))
             return x + self.mlp(self.mlp_norm(x)), None
+        with prof_range("norms"):
+            hn = self.mix_norm(x)
         h, new_cache = self.mix(
-            self.mix_norm(x),
+            hn,
             cache=cache,
             attention_mask=attention_mask,
             cu_seqlens=cu_seqlens,
             use_cache=use_cache,
         )
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), new_cache
+        with prof_range("norms"):
+            x = x + h
+            hn = self.mlp_norm(x)
+        with prof_range("mlp"):
+            return x + self.mlp(hn), new_cache
 
 
 class LaCTForCausalLM(nn.Module):
@@ -200,7 +206,8 @@ class LaCTForCausalLM(nn.Module):
         self._check_ids(input_ids, labels)
         if cache is not None and len(cache.layers) != len(self.blocks):
             raise ValueError(f"cache has {len(cache.layers)} layers, model has {len(self.blocks)}")
-        x = self.embed(input_ids)  # [B, T, d]
+        with prof_range("embed"):
+            x = self.embed(input_ids)  # [B, T, d]
         new_layers: list[LaCTLayerCache] = []
         for i, block in enumerate(self.blocks):
             x, c = block(
@@ -212,21 +219,23 @@ class LaCTForCausalLM(nn.Module):
             )
             if c is not None:
                 new_layers.append(c)
-        logits = self.lm_head(self.norm(x))  # [B, T, V]
+        with prof_range("lm_head"):
+            logits = self.lm_head(self.norm(x))  # [B, T, V]
         loss = None
         if labels is not None:
-            target = labels[:, 1:]
-            if attention_mask is not None:
-                target = target.masked_fill(~attention_mask[:, 1:].bool(), IGNORE_INDEX)
-            if cu_seqlens is not None:  # never predict across a document boundary
-                starts = cu_seqlens[1:-1].to(target.device) - 1
-                target = target.clone()
-                target[:, starts] = IGNORE_INDEX
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                target.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-            )
+            with prof_range("loss"):
+                target = labels[:, 1:]
+                if attention_mask is not None:
+                    target = target.masked_fill(~attention_mask[:, 1:].bool(), IGNORE_INDEX)
+                if cu_seqlens is not None:  # never predict across a document boundary
+                    starts = cu_seqlens[1:-1].to(target.device) - 1
+                    target = target.clone()
+                    target[:, starts] = IGNORE_INDEX
+                loss = F.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                    target.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                )
         out_cache = LMCache(new_layers) if len(new_layers) == len(self.blocks) else None
         return LMOutput(logits=logits, loss=loss, cache=out_cache)
 

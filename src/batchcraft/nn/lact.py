@@ -19,10 +19,12 @@ from torch import Tensor, nn
 
 from batchcraft.nn.attention import KVBuffer, window_attention
 from batchcraft.nn.rope import (
-    apply_rope,
+    RopeTables,
+    apply_rope_pair,
     check_cu_seqlens,
     doc_ids_from_cu_seqlens,
     positions_from_cu_seqlens,
+    rope_tables,
 )
 from batchcraft.ops.lact import (
     FastWeights,
@@ -32,6 +34,8 @@ from batchcraft.ops.lact import (
     lact_inner_grad,
     swiglu_apply,
 )
+from batchcraft.ops.lact.layer_ops import ttt_output, ttt_qk_prep
+from batchcraft.ops.lact.profile import prof_range
 from batchcraft.ops.lact.state import map_weights
 
 if TYPE_CHECKING:
@@ -47,6 +51,7 @@ __all__ = [
 ]
 
 _INITS = ("low_rank", "full", "nvs")
+_TTT_EPS = 1e-5  # L2 norm of the fast q/k and RMSNorm of the TTT output (the paper's value)
 
 
 def inv_softplus(y: float) -> float:
@@ -328,7 +333,7 @@ class LaCTLayer(nn.Module):
             self.lr_proj = nn.Linear(d, 3 * h, bias=True)
             self.beta_proj = nn.Linear(d, h) if opts.use_momentum else None
             self.gate_proj = nn.Linear(d, h) if opts.output_gate else None
-            self.ttt_norm = nn.RMSNorm(dd, eps=1e-5)
+            self.ttt_norm = nn.RMSNorm(dd, eps=_TTT_EPS)
             self.w_down = nn.Parameter(torch.empty(h, dd, dh))  # linear: dh == dd
             if opts.fast_weight == "swiglu":
                 if opts.init == "low_rank":
@@ -420,54 +425,77 @@ class LaCTLayer(nn.Module):
                 raise ValueError("cu_seqlens (packed documents) cannot be combined with a cache")
             check_cu_seqlens(cu_seqlens, b, t)
         pos0 = 0 if cache is None else cache.position
+        positions: Tensor | range
         if cu_seqlens is not None:
             positions = positions_from_cu_seqlens(cu_seqlens.to(x.device), t)
             doc_ids: Tensor | None = doc_ids_from_cu_seqlens(cu_seqlens.to(x.device), t)
         else:
-            positions, doc_ids = torch.arange(pos0, pos0 + t, device=x.device), None
+            positions, doc_ids = range(pos0, pos0 + t), None
         if self.cp_group is not None:  # global positions of this rank's chunk pieces
             positions = self._cp_positions(x, cache, cu_seqlens, use_cache)[0]
         want_cache = (cache is not None or use_cache) and cu_seqlens is None
+        rope = None  # one rotation table for every RoPE of this call (attention and TTT q, k)
+        if self.options.use_rope and (self.use_attn or self.use_ttt):
+            cdt = torch.promote_types(x.dtype, torch.float32)
+            rope = rope_tables(
+                positions, self.attn_head_dim, theta=self.options.rope_theta, dtype=cdt,
+                device=x.device,
+            )  # fmt: skip
 
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, T, d] each
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        o = x.new_zeros(b, t, self.hidden_size)
+        with prof_range("qkv"):
+            qk, v, heads = self._split_projection(x)
+        o: Tensor | None = None
         kv_new: KVBuffer | None = None
         if self.use_attn:
-            o_att, kv_new = self._attention(q, k, v, positions, doc_ids, cache, want_cache)
-            o = o + o_att
+            o, kv_new = self._attention(qk, v, rope, doc_ids, cache, want_cache)
         ttt_new: LaCTState | None = None
-        if self.use_ttt:
-            o_ttt, ttt_new = self._ttt(x, q, k, v, positions, cu_seqlens, cache)
-            o = o + o_ttt
-        y = self.o_proj(o)
+        if self.use_ttt:  # the TTT branch adds itself to the attention output
+            o, ttt_new = self._ttt(x, qk, v, heads, rope, cu_seqlens, cache, o)
+        with prof_range("o_proj"):
+            assert o is not None  # the options forbid a layer without attention and TTT
+            y = self.o_proj(o)
         if not want_cache:
             return y, None
         return y, LaCTLayerCache(ttt=ttt_new, kv=kv_new, position=pos0 + t)
 
+    def _project(self, x: Tensor) -> Tensor:
+        """``[q | k | v | lr | beta | gate]`` = one matmul over the concatenated projection
+        weights (the parameters stay separate modules): ``[B, T, 3d + 3H (+ H) (+ H)]``."""
+        if not self.use_ttt:
+            return self.qkv(x)
+        mods = [self.lr_proj, self.beta_proj, self.gate_proj]
+        heads = [m for m in mods if m is not None]
+        weight = torch.cat([self.qkv.weight, *(m.weight for m in heads)])
+        qkv_b = self.qkv.bias
+        if qkv_b is None:
+            qkv_b = self.qkv.weight.new_zeros(self.qkv.out_features)
+        bias = torch.cat([qkv_b, *(m.bias for m in heads)])
+        return F.linear(x, weight, bias)
+
     def _attention(
         self,
-        q: Tensor,
-        k: Tensor,
+        qk: Tensor,
         v: Tensor,
-        positions: Tensor,
+        rope: RopeTables | None,
         doc_ids: Tensor | None,
         cache: LaCTLayerCache | None,
         want_cache: bool,
     ) -> tuple[Tensor, KVBuffer | None]:
-        b, t, _ = q.shape
+        """Attention branch. qk: [B, T, 2, d] queries and keys; v: [B, T, d]."""
+        b, t = qk.shape[:2]
         ha, da = self.num_attn_heads, self.attn_head_dim
-        qa, ka, va = (z.reshape(b, t, ha, da) for z in (q, k, v))  # [B, T, Ha, Da]
-        if self.options.use_rope:
-            qa = apply_rope(qa, positions, theta=self.options.rope_theta)
-            ka = apply_rope(ka, positions, theta=self.options.rope_theta)
+        va = v.reshape(b, t, ha, da)  # [B, T, Ha, Da]
+        if rope is not None:
+            with prof_range("attn.rope"):
+                qa, ka = apply_rope_pair(qk.unflatten(-1, (ha, da)), range(t), tables=rope)
+        else:
+            qa, ka = qk[:, :, 0].reshape(b, t, ha, da), qk[:, :, 1].reshape(b, t, ha, da)
         w = self.options.window_size
         if self.cp_group is not None:
             from batchcraft.nn.cp_attention import cp_window_attention
 
-            all_pos = self._cp_positions(q, cache, None, False)[1]
-            o = cp_window_attention(qa, ka, va, positions, all_pos, window=w,
+            pos, all_pos = self._cp_positions(va, cache, None, False)
+            o = cp_window_attention(qa, ka, va, pos, all_pos, window=w,
                                     group=self.cp_group, impl=self.options.attn_impl)  # fmt: skip
             return o.reshape(b, t, -1), None
         if cache is not None:
@@ -475,7 +503,8 @@ class LaCTLayer(nn.Module):
                 raise ValueError("cache has no attention buffer but this layer uses attention")
             o, kv_next = cache.kv.attend(qa, ka, va, impl=self.options.attn_impl)
             return o.reshape(b, t, -1), kv_next
-        o = window_attention(qa, ka, va, window=w, doc_ids=doc_ids, impl=self.options.attn_impl)
+        with prof_range("attn"):
+            o = window_attention(qa, ka, va, window=w, doc_ids=doc_ids, impl=self.options.attn_impl)
         kv: KVBuffer | None = None
         if want_cache:
             if w is None:  # full attention: keep everything
@@ -488,61 +517,75 @@ class LaCTLayer(nn.Module):
         return o.reshape(b, t, -1), kv
 
     def _ttt_inputs(
-        self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, positions: Tensor
+        self, x: Tensor, qk: Tensor, v: Tensor, heads: Tensor, rope: RopeTables | None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """The op's inputs: ``q~, k~, v~`` [B, T, H, D], ``lr`` [B, T, H, 3], ``beta`` [B, T, H]."""
+        """The op's inputs: ``q~, k~, v~`` [B, T, H, D], ``lr`` [B, T, H, 3], ``beta`` [B, T, H].
+
+        qk: [B, T, 2, d] queries and keys; v: [B, T, d]; heads: the lr, beta and gate
+        projections [B, T, 3H (+ H) (+ H)].
+        """
         b, t, _ = x.shape
         h, dd = self.num_heads, self.head_dim
-        qt = (q * self.qk_scale[0] + self.qk_offset[0]).reshape(b, t, h, dd)
-        kt = (k * self.qk_scale[1] + self.qk_offset[1]).reshape(b, t, h, dd)
-        vt = v.reshape(b, t, h, dd)
-        qt, kt = l2_normalize(F.silu(qt)), l2_normalize(F.silu(kt))
-        if self.options.v_silu:
-            vt = F.silu(vt)
-        if self.options.use_rope:
-            ha, da = self.num_attn_heads, self.attn_head_dim
-            qt = apply_rope(qt.reshape(b, t, ha, da), positions, theta=self.options.rope_theta)
-            kt = apply_rope(kt.reshape(b, t, ha, da), positions, theta=self.options.rope_theta)
-            qt, kt = qt.reshape(b, t, h, dd), kt.reshape(b, t, h, dd)
-        cdt = torch.promote_types(x.dtype, torch.float32)
-        lr = token_lr(self.lr_proj(x).to(cdt), self.options).reshape(b, t, h, 3)  # (g, u, d)
-        beta = None
-        if self.beta_proj is not None:
-            beta = torch.sigmoid(self.beta_proj(x).to(cdt))  # [B, T, H]
+        with prof_range("ttt.prep"):
+            qt, kt = ttt_qk_prep(
+                qk, self.qk_scale, self.qk_offset, heads=h, eps=_TTT_EPS, rope=rope,
+                rope_heads=self.num_attn_heads,
+            )  # fmt: skip
+            vt = v.reshape(b, t, h, dd)
+            if self.options.v_silu:
+                vt = F.silu(vt)
+        with prof_range("ttt.heads"):
+            cdt = torch.promote_types(x.dtype, torch.float32)
+            lr = token_lr(heads[..., : 3 * h].to(cdt), self.options).reshape(b, t, h, 3)
+            beta = None
+            if self.beta_proj is not None:
+                beta = torch.sigmoid(heads[..., 3 * h : 4 * h].to(cdt))  # [B, T, H]
         return qt, kt, vt, lr, beta
-
-    def _ttt_output(self, x: Tensor, o: Tensor) -> Tensor:
-        """Per-head RMSNorm and output gate: ``o`` [B, T, H, D] -> [B, T, d]."""
-        o = self.ttt_norm(o)
-        if self.gate_proj is not None:
-            o = o * F.silu(self.gate_proj(x)).unsqueeze(-1)  # per-head gate
-        return o.flatten(-2)
 
     def _ttt(
         self,
         x: Tensor,
-        q: Tensor,
-        k: Tensor,
+        qk: Tensor,
         v: Tensor,
-        positions: Tensor,
+        heads: Tensor,
+        rope: RopeTables | None,
         cu_seqlens: Tensor | None,
         cache: LaCTLayerCache | None,
+        o_att: Tensor | None = None,
     ) -> tuple[Tensor, LaCTState | None]:
-        qt, kt, vt, lr, beta = self._ttt_inputs(x, q, k, v, positions)
-        w0 = self.initial_weights()  # [H, ...]
+        """TTT branch plus ``o_att`` ([B, T, d] or None); other arguments as :meth:`_ttt_inputs`."""
+        h = self.num_heads
+        qt, kt, vt, lr, beta = self._ttt_inputs(x, qk, v, heads, rope)
+        gate = None if self.gate_proj is None else heads[..., heads.shape[-1] - h :]
+        with prof_range("ttt.w0"):
+            w0 = self.initial_weights()  # [H, ...], expanded over B by the op
         if not self.options.ttt_updates:  # the static branch: no state to carry
             o = swiglu_apply(_expand(w0, x.shape[0]), qt)  # [B, T, H, D]
-            return self._ttt_output(x, o), None
-        state: LaCTState | FastWeights = w0  # expanded over B by the op
+            return ttt_output(o, self.ttt_norm.weight, gate, o_att, eps=_TTT_EPS), None
+        state: LaCTState | FastWeights = w0
         if cache is not None:
             if cache.ttt is None:
                 raise ValueError("cache has no LaCT state but this layer uses TTT")
             state = cache.ttt
-        o, new_state = lact(
-            qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens,
-            group=self.cp_group,
-        )  # fmt: skip
-        return self._ttt_output(x, o), new_state
+        with prof_range("ttt.op"):
+            o, new_state = lact(
+                qt, kt, vt, lr, state, self.lact_options, beta=beta, cu_seqlens=cu_seqlens,
+                group=self.cp_group,
+            )  # fmt: skip
+        with prof_range("ttt.out"):  # o_att + RMSNorm_D(o) * silu(gate) (per head)
+            y = ttt_output(o, self.ttt_norm.weight, gate, o_att, eps=_TTT_EPS)
+        return y, new_state
+
+    def _split_projection(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``qk`` [B, T, 2, d] (after the q/k norms), ``v`` [B, T, d], the TTT ``heads``."""
+        d = self.hidden_size
+        proj = self._project(x)  # [B, T, 3d (+ 3H + H + H)]
+        # one split (one backward node) into q and k stacked [B, T, 2d], v, the TTT heads
+        qk_flat, v, heads = proj.split([2 * d, d, proj.shape[-1] - 3 * d], dim=-1)
+        qk = qk_flat.unflatten(-1, (2, d))  # [B, T, 2, d]
+        if self.q_norm is not None and self.k_norm is not None:
+            qk = torch.stack([self.q_norm(qk[:, :, 0]), self.k_norm(qk[:, :, 1])], dim=2)
+        return qk, v, heads
 
     @torch.no_grad()
     def ttt_diagnostics(self, x: Tensor) -> dict[str, float]:
@@ -570,10 +613,14 @@ class LaCTLayer(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be [B, T, {self.hidden_size}], got {tuple(x.shape)}")
         b, t, _ = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [B, T, d] each
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        qt, kt, vt, lr, beta = self._ttt_inputs(x, q, k, v, torch.arange(t, device=x.device))
+        rope = None
+        if self.options.use_rope:
+            rope = rope_tables(
+                range(t), self.attn_head_dim, theta=self.options.rope_theta,
+                dtype=torch.promote_types(x.dtype, torch.float32), device=x.device,
+            )  # fmt: skip
+        qk, v, heads = self._split_projection(x)
+        qt, kt, vt, lr, beta = self._ttt_inputs(x, qk, v, heads, rope)
         opts, c = self.lact_options, self.options.chunk_size
         w0 = _expand(self.initial_weights(), b)
         n = t // c if self.options.ttt_updates else 0

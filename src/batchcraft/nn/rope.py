@@ -6,17 +6,22 @@ at each ``cu_seqlens`` boundary) and decoding all use the same function.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "RopeTables",
     "apply_rope",
+    "apply_rope_pair",
     "check_cu_seqlens",
     "doc_ids_from_cu_seqlens",
     "positions_from_cu_seqlens",
     "rope_cos_sin",
+    "rope_tables",
 ]
 
 
@@ -45,34 +50,183 @@ def rope_cos_sin(
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+class RopeTables(NamedTuple):
+    """Rotation tables of :func:`rope_tables`: ``cos`` and ``sin`` with its first half negated,
+    ``[T, D]`` or ``[B, T, D]``, so that ``rope(x) = x * cos + swap_halves(x) * sin_signed``."""
+
+    cos: Tensor
+    sin_signed: Tensor
 
 
-def apply_rope(x: Tensor, positions: Tensor, *, theta: float = 1e6) -> Tensor:
+def _signed(cos: Tensor, sin: Tensor) -> RopeTables:
+    h = sin.shape[-1] // 2
+    return RopeTables(cos, torch.cat([-sin[..., :h], sin[..., h:]], dim=-1))
+
+
+_CACHE_POSITIONS = 1 << 16  # range tables are cached up to this many positions (x head_dim)
+
+
+@functools.lru_cache(maxsize=8)
+def _prefix_tables(
+    end: int, head_dim: int, theta: float, dtype: torch.dtype, device: torch.device, _mode: Any
+) -> RopeTables:
+    """Tables for positions ``[0, end)`` (``_mode``: autograd mode key, see :func:`rope_tables`)."""
+    pos = torch.arange(end, device=device)
+    return _signed(*rope_cos_sin(pos, head_dim, theta=theta, dtype=dtype))
+
+
+def rope_tables(
+    positions: Tensor | range,
+    head_dim: int,
+    *,
+    theta: float = 1e6,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> RopeTables:
+    """Rotation tables for ``positions``, computed once and shared by every rotation that uses them.
+
+    A ``range`` of positions (``range(pos0, pos0 + T)``, the usual case: no packing) reads a
+    cached table of positions ``[0, 2^k)`` (no recomputation across layers, steps and decoded
+    tokens; at most ``65536`` positions are cached per head size, longer ranges are computed).
+    Values equal :func:`rope_cos_sin` exactly.
+
+    Args:
+        positions: integer positions ``[T]`` or ``[B, T]``, or a ``range``.
+        head_dim: rotated dimension ``D`` (even).
+        theta: RoPE base.
+        dtype: table dtype (the dtype the rotation computes in).
+        device: device of the tables for a ``range`` (default CPU).
+
+    Returns:
+        :class:`RopeTables` with ``[T, D]`` (or ``[B, T, D]``) tables.
+    """
+    if isinstance(positions, Tensor):
+        return _signed(*rope_cos_sin(positions, head_dim, theta=theta, dtype=dtype))
+    if positions.step != 1 or positions.start < 0:
+        raise ValueError(
+            f"positions must be a range(start >= 0, stop) with step 1, got {positions}"
+        )
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    end = positions.stop
+    if end > _CACHE_POSITIONS or head_dim % 2:
+        pos = torch.arange(positions.start, end, device=dev)
+        return _signed(*rope_cos_sin(pos, head_dim, theta=theta, dtype=dtype))
+    size = max(1024, 1 << (max(end, 1) - 1).bit_length())  # next power of two >= end
+    # inference tensors must not be saved for backward later: separate entries per mode
+    mode = torch.is_inference_mode_enabled()
+    tab = _prefix_tables(min(size, _CACHE_POSITIONS), head_dim, float(theta), dtype, dev, mode)
+    return RopeTables(tab.cos[positions.start : end], tab.sin_signed[positions.start : end])
+
+
+def _swap_halves(x: Tensor) -> Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([x[..., h:], x[..., :h]], dim=-1)
+
+
+class _Rotate(torch.autograd.Function):
+    """``y = x * cos + swap(x) * sin_signed`` (the rotate-half RoPE). Its Jacobian is the rotation
+    by the opposite angles, so the backward needs only the tables (x is not saved)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(cos, sin_signed)
+        return torch.addcmul(x * cos, _swap_halves(x), sin_signed)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin_signed = ctx.saved_tensors
+        return torch.addcmul(g * cos, _swap_halves(g), sin_signed, value=-1), None, None
+
+
+class _RotatePair(torch.autograd.Function):
+    """:class:`_Rotate` on queries and keys at once: ``[B, T, 2, H, D]`` in (any strides), two
+    ``[B, T, H, D]`` views of one contiguous buffer out; one input gradient. Outputs and
+    gradients are written in their natural layout (kernels on permuted outputs are slow)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, cos: Tensor, sin_signed: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(cos, sin_signed)
+        c, s = cos.unsqueeze(-2), sin_signed.unsqueeze(-2)  # [B or 1, T, 1, 1, D]
+        out = torch.mul(x, c).addcmul_(_swap_halves(x), s)  # [B, T, 2, H, D]
+        return out[:, :, 0], out[:, :, 1]
+
+    @staticmethod
+    def backward(ctx: Any, gq: Tensor | None, gk: Tensor | None) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin_signed = ctx.saved_tensors
+        like = gq if gq is not None else gk
+        assert like is not None
+        g = like.new_empty(like.shape[0], like.shape[1], 2, *like.shape[2:])  # [B, T, 2, H, D]
+        for i, gi in enumerate((gq, gk)):
+            if gi is None:
+                g[:, :, i].zero_()
+            else:
+                g[:, :, i].copy_(gi)
+        c, s = cos.unsqueeze(-2), sin_signed.unsqueeze(-2)
+        sw = _swap_halves(g)
+        return g.mul_(c).addcmul_(sw, s, value=-1), None, None
+
+
+def _fit_tables(tables: RopeTables, x: Tensor, cdt: torch.dtype, lead: int) -> RopeTables:
+    """Tables [T, D] / [B, T, D] broadcast to x [B, T, <lead dims>, D], in the compute dtype."""
+    cos, sin = tables
+    if cos.shape[-1] != x.shape[-1] or cos.shape[-2] != x.shape[1]:
+        raise ValueError(
+            f"rope tables {tuple(cos.shape)} do not fit x {tuple(x.shape)} ([.., T, D] expected)"
+        )
+    if cos.dim() == 2:  # [T, D] -> [1, T, D]
+        cos, sin = cos[None], sin[None]
+    shape = (cos.shape[0], cos.shape[1], *([1] * lead), cos.shape[2])
+    return RopeTables(cos.to(cdt).view(shape), sin.to(cdt).view(shape))
+
+
+def apply_rope_pair(
+    qk: Tensor, positions: Tensor | range, *, theta: float = 1e6, tables: RopeTables | None = None
+) -> tuple[Tensor, Tensor]:
+    """:func:`apply_rope` on queries and keys stacked as ``qk: [B, T, 2, H, D]`` (e.g. a view of
+    a fused projection); returns ``(q, k)``, ``[B, T, H, D]`` each, in ``qk``'s dtype."""
+    if qk.dim() != 5 or qk.shape[2] != 2:
+        raise ValueError(f"apply_rope_pair expects qk [B, T, 2, H, D], got {tuple(qk.shape)}")
+    n_pos = len(positions) if isinstance(positions, range) else positions.shape[-1]
+    if n_pos != qk.shape[1]:
+        raise ValueError(f"positions cover {n_pos} tokens but qk has T = {qk.shape[1]}")
+    cdt = torch.promote_types(qk.dtype, torch.float32)
+    if tables is None:
+        tables = rope_tables(positions, qk.shape[-1], theta=theta, dtype=cdt, device=qk.device)
+    cos, sin = _fit_tables(tables, qk, cdt, 1)
+    q, k = _RotatePair.apply(qk.to(cdt), cos, sin)
+    return q.to(qk.dtype), k.to(qk.dtype)
+
+
+def apply_rope(
+    x: Tensor,
+    positions: Tensor | range,
+    *,
+    theta: float = 1e6,
+    tables: RopeTables | None = None,
+) -> Tensor:
     """Rotate ``x`` by its positions.
 
     Args:
         x: ``[B, T, H, D]``.
-        positions: ``[T]`` (shared over the batch) or ``[B, T]``.
+        positions: ``[T]`` (shared over the batch) or ``[B, T]``, or a ``range`` of positions.
         theta: RoPE base.
+        tables: precomputed :func:`rope_tables` for these positions (then ``positions`` and
+            ``theta`` only check the length); share them between the rotations of one forward.
 
     Returns:
         ``[B, T, H, D]``, same dtype as ``x`` (computed in float32 or higher).
     """
     if x.dim() != 4:
         raise ValueError(f"apply_rope expects x of shape [B, T, H, D], got {tuple(x.shape)}")
-    if positions.shape[-1] != x.shape[1]:
-        raise ValueError(f"positions cover {positions.shape[-1]} tokens but x has T = {x.shape[1]}")
+    n_pos = len(positions) if isinstance(positions, range) else positions.shape[-1]
+    if n_pos != x.shape[1]:
+        raise ValueError(f"positions cover {n_pos} tokens but x has T = {x.shape[1]}")
     cdt = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = rope_cos_sin(positions, x.shape[-1], theta=theta, dtype=cdt)
-    if cos.dim() == 2:  # [T, D] -> [1, T, 1, D]
-        cos, sin = cos[None, :, None], sin[None, :, None]
-    else:  # [B, T, D] -> [B, T, 1, D]
-        cos, sin = cos[:, :, None], sin[:, :, None]
-    xf = x.to(cdt)
-    return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+    if tables is None:
+        tables = rope_tables(positions, x.shape[-1], theta=theta, dtype=cdt, device=x.device)
+    cos, sin = _fit_tables(tables, x, cdt, 1)  # [B or 1, T, 1, D]
+    out: Tensor = _Rotate.apply(x.to(cdt), cos, sin)
+    return out.to(x.dtype)
 
 
 def positions_from_cu_seqlens(cu_seqlens: Tensor, total: int) -> Tensor:

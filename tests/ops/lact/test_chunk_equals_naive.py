@@ -184,7 +184,10 @@ def test_recompute_bounds_saved_activations() -> None:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             run("chunk", inp, C=4, recompute=recompute)
         saved[recompute] = total
-    assert saved[True] * 4 < saved[False], saved
+    N, L, D, Dh, n = 2, 64, 8, 16, 16
+    # q, k, v, lr and the weights entering each chunk: what recompute must keep, nothing more
+    minimal = 3 * N * L * D + 3 * N * L + n * 3 * N * D * Dh
+    assert saved[True] < 1.25 * minimal < saved[False], saved
 
 
 def test_reference_shares_no_code_with_the_fast_paths() -> None:

@@ -31,3 +31,41 @@ def test_chunk_sweep_rows() -> None:
     ]  # fmt: skip
     for r in rows:
         assert r["seconds"] > 0 and r["% peak"] == pytest.approx(10.0 * r["GFLOP/s"])
+
+
+def test_prof_range_is_a_shared_no_op_unless_profiling() -> None:
+    from batchcraft.ops.lact.profile import component_ranges, prof_range
+
+    assert prof_range("a") is prof_range("b")  # nothing is created in the hot path
+    with component_ranges():
+        assert prof_range("a") is not prof_range("a")
+    assert prof_range("a") is prof_range("b")
+
+
+def test_component_profile_charges_forward_and_backward_to_components() -> None:
+    """One tiny LM training step: the op, attention and MLP get forward AND backward time (the
+    backward by autograd sequence number), nothing is negative, and the rows add up to the
+    profiled step."""
+    import torch
+
+    from batchcraft.models import LaCTForCausalLM
+    from batchcraft.models.lact_config import lact_tiny
+    from batchcraft.ops.lact.profile import component_profile
+
+    torch.manual_seed(0)
+    model = LaCTForCausalLM(lact_tiny(chunk_size=8, window_size=8))
+    ids = torch.randint(0, 256, (1, 33), generator=torch.Generator().manual_seed(0))
+
+    def step() -> None:
+        out = model(ids, labels=ids)
+        assert out.loss is not None
+        out.loss.backward()
+
+    res = component_profile(step)
+    rows = {r["component"]: r for r in res["rows"]}
+    for name in ("ttt.op", "ttt.prep", "attn", "mlp", "qkv", "o_proj", "lm_head", "loss"):
+        assert rows[name]["fwd_ms"] > 0 and rows[name]["bwd_ms"] > 0, name
+    assert all(r["fwd_ms"] >= 0 and r["bwd_ms"] >= 0 for r in res["rows"])
+    total = sum(r["total_ms"] for r in res["rows"])
+    assert total == pytest.approx(1e3 * res["profiled_s"], rel=1e-6)
+    assert sum(r["share"] for r in res["rows"]) == pytest.approx(1.0)

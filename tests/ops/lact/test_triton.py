@@ -219,10 +219,10 @@ def test_triton_backward_saves_only_weights_and_inputs() -> None:
         saved[impl] = sum(seen.values())
     N, L, D, Dh, n = 2, 64, 8, 16, 4
     # q, k, v, lr, beta + the weights entering each of the n chunks + rho, plus the small graph
-    # of the state initialisation (row norms): well under 2x this, against ~5x for autograd
+    # of the state initialisation (row norms): well under 2x this, while the chunk path (no
+    # recompute) keeps every chunk's pre-activations (7 * Dh per token and head) on top
     minimal = 3 * N * L * D + N * L * 4 + n * 3 * N * D * Dh + 3 * N * Dh
-    assert saved["triton"] < 2 * minimal, saved
-    assert saved["triton"] < 0.3 * saved["chunk"], saved
+    assert saved["triton"] < 2 * minimal < saved["chunk"], saved
 
 
 def test_swiglu_apply_writes_into_a_chunk_slice_and_checks_out() -> None:

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from batchcraft.ops.lact.executor import Backend, Run
+from batchcraft.ops.lact.fused import fused_chunks, fused_supported
 from batchcraft.ops.lact.inner import apply_rows, inner_grad_rows
 from batchcraft.ops.lact.options import LaCTOptions, resolve_options
 from batchcraft.ops.lact.runner import Layout, run_lact
@@ -81,6 +82,9 @@ class _ChunkBackend(Backend):
     # the no-grad loop writes into reused fp32 buffers (out= variants); subclasses that replace
     # ``_step`` (compiled, Triton) turn it off, and it is skipped under autocast (bf16 path)
     inference_fast = True
+    # with gradients, the chunk loop runs as one autograd node with a closed-form backward
+    # (:mod:`batchcraft.ops.lact.fused`); subclasses that replace ``_step`` turn it off
+    fused_grad = True
 
     def __init__(self, cfg: LaCTOptions) -> None:
         super().__init__(cfg)
@@ -243,6 +247,20 @@ class _ChunkBackend(Backend):
             and self.cfg.inner_loss == "neg_dot"
             and self.cfg.inner_steps == 1
         )
+        if (
+            not fast
+            and self.fused_grad
+            and (run.mom is None) == (beta is None)
+            and fused_supported(self.cfg, q)
+        ):
+            o, new_w, new_a, new_m = fused_chunks(self.cfg, C, q, k, v, lr, beta, w, acc, mom, rho)
+            self._store(
+                run,
+                tuple(new_w),
+                None if new_a is None else tuple(new_a),
+                None if new_m is None else tuple(new_m),
+            )
+            return o
         if fast:
             Dh = w[2].shape[-1]
             names = ("zqg", "zqu", "zkg", "zku", "sg", "a", "hk", "g", "t")

@@ -77,6 +77,7 @@ def compiled_step(
 
 class _CompiledBackend(_ChunkBackend):
     inference_fast = False  # the compiled step replaces the eager buffer loop
+    fused_grad = False  # and the fused autograd node
 
     def __init__(
         self,

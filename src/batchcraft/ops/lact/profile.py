@@ -1,4 +1,5 @@
-"""Timing of the LaCT op shared by ``benchmarks/bench_lact.py`` and the ``lact-utilization`` experiment.
+"""Timing of the LaCT op shared by ``benchmarks/bench_lact.py`` and the ``lact-utilization`` experiment,
+and the per-component profile of a training step (``batchcraft bench lact-train --profile``).
 
 Throughput counts ``18*D*Dh`` FLOPs per token per head for the forward pass (§3; Muon added when
 on), ``3x`` that for forward+backward, and is reported as a fraction of this machine's batched
@@ -8,7 +9,11 @@ operands with the work of one of the op's matmuls at C = 2048, :func:`peak_size`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +23,16 @@ from torch import Tensor
 from batchcraft.ops.lact.state import FastWeights
 
 __all__ = [
+    "RANGE_PREFIX",
     "LaCTCase",
     "chunk_sweep",
+    "component_profile",
+    "component_ranges",
     "lact_case_flops",
     "make_case",
     "op_peak_gflops",
     "peak_size",
+    "prof_range",
     "time_lact",
     "time_sdpa",
 ]
@@ -235,3 +244,131 @@ def chunk_sweep(
                         f"D={D} C={C} {impl} {row['pass']}: {r['seconds']:.3f} s, {r['gflops']:.1f} GFLOP/s"
                     )
     return rows
+
+
+# ------------------------------------------------------------------ per-component step profile
+RANGE_PREFIX = "bc::"  # profiler ranges of :func:`prof_range` are named "bc::<component>"
+_ranges_on = False
+_NULL = contextlib.nullcontext()
+
+
+def prof_range(name: str) -> AbstractContextManager[Any]:
+    """A profiler range ``bc::<name>`` while :func:`component_ranges` is on, else a shared no-op.
+
+    Model code wraps its components in ``with prof_range("mlp"): ...``; when not profiling this
+    costs one global lookup (no profiler call in the hot path).
+    """
+    if not _ranges_on:
+        return _NULL
+    return torch.profiler.record_function(RANGE_PREFIX + name)
+
+
+@contextlib.contextmanager
+def component_ranges(enabled: bool = True) -> Iterator[None]:
+    """Turn the :func:`prof_range` ranges on (or off) inside the ``with`` block."""
+    global _ranges_on
+    old, _ranges_on = _ranges_on, enabled
+    try:
+        yield
+    finally:
+        _ranges_on = old
+
+
+_BWD = "autograd::engine::evaluate_function: "
+
+
+def _component_times(events: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """Forward and backward microseconds per component from profiler events.
+
+    Forward: the exclusive time of each ``bc::`` range (its span minus nested ranges).
+    Backward: every autograd node evaluation is charged to the range whose forward op created
+    the node (matched by the autograd sequence number); nodes of no range (gradient
+    accumulation into leaves, ops outside every range) go to ``"(backward, other)"``.
+    """
+    evs = list(events)
+    ranges = [e for e in evs if e.name.startswith(RANGE_PREFIX)]
+
+    def enclosing_range(e: Any) -> Any:
+        p = e.cpu_parent
+        while p is not None and not p.name.startswith(RANGE_PREFIX):
+            if p.name.startswith(_BWD):
+                return None  # an op run by backward (e.g. a checkpoint recompute)
+            p = p.cpu_parent
+        return p
+
+    fwd: dict[str, float] = defaultdict(float)
+    for r in ranges:
+        if _in_backward(r):
+            continue  # a range re-entered by a checkpoint recompute: charged to backward
+        inner = sum(c.time_range.elapsed_us() for c in _child_ranges(r))
+        fwd[r.name[len(RANGE_PREFIX) :]] += r.time_range.elapsed_us() - inner
+    seq_owner: dict[int, str] = {}  # autograd sequence number -> component that created the node
+    for e in evs:
+        if e.sequence_nr >= 0 and e.sequence_nr not in seq_owner and not e.name.startswith(_BWD):
+            r = enclosing_range(e)
+            if r is not None:
+                seq_owner[e.sequence_nr] = r.name[len(RANGE_PREFIX) :]
+    bwd: dict[str, float] = defaultdict(float)
+    for e in evs:
+        if not e.name.startswith(_BWD) or _in_backward(e):
+            continue  # nested evaluations are inside an outer one already
+        bwd[seq_owner.get(e.sequence_nr, "(backward, other)")] += e.time_range.elapsed_us()
+    return dict(fwd), dict(bwd)
+
+
+def _in_backward(e: Any) -> bool:
+    p = e.cpu_parent
+    while p is not None:
+        if p.name.startswith(_BWD):
+            return True
+        p = p.cpu_parent
+    return False
+
+
+def _child_ranges(r: Any) -> Iterator[Any]:
+    """The outermost ``bc::`` ranges nested inside ``r``."""
+    for c in r.cpu_children:
+        if c.name.startswith(RANGE_PREFIX):
+            yield c
+        else:
+            yield from _child_ranges(c)
+
+
+def component_profile(step: Callable[[], Any], *, warmup: int = 1) -> dict[str, Any]:
+    """Where the time of one call of ``step`` goes, per :func:`prof_range` component.
+
+    ``step`` runs ``warmup`` times unprofiled, once timed unprofiled (``wall_s``) and once under
+    ``torch.profiler`` with the ranges on (``profiled_s``; the profiler's per-op overhead makes
+    it longer, most for code with many small ops).
+
+    Returns:
+        ``{"rows": [{"component", "fwd_ms", "bwd_ms", "total_ms", "share"}], "wall_s",
+        "profiled_s"}``; rows sorted by total time, plus ``"(unattributed)"``: the profiled
+        time outside every range and every backward node (Python, autograd engine, profiler).
+    """
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    step()
+    wall = time.perf_counter() - t0
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with component_ranges(), torch.profiler.profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        step()
+        profiled = time.perf_counter() - t0
+    fwd, bwd = _component_times(prof.events())
+    names = sorted(set(fwd) | set(bwd), key=lambda n: -(fwd.get(n, 0.0) + bwd.get(n, 0.0)))
+    rows: list[dict[str, Any]] = [
+        {
+            "component": n,
+            "fwd_ms": fwd.get(n, 0.0) / 1e3,
+            "bwd_ms": bwd.get(n, 0.0) / 1e3,
+            "total_ms": (fwd.get(n, 0.0) + bwd.get(n, 0.0)) / 1e3,
+        }
+        for n in names
+    ]
+    rest = profiled * 1e3 - sum(r["total_ms"] for r in rows)
+    rows.append({"component": "(unattributed)", "fwd_ms": 0.0, "bwd_ms": 0.0, "total_ms": rest})
+    for r in rows:
+        r["share"] = r["total_ms"] / (profiled * 1e3)
+    return {"rows": rows, "wall_s": wall, "profiled_s": profiled}
