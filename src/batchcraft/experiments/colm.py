@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult, Metric, Verdict
@@ -29,25 +30,42 @@ QUICK_ARMS = (
 )
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"steps": 150, "b": 16, "big": 32, "d": 48, "h": 256, "m": 8, "eval": 100}
-    return {"steps": 600, "b": 32, "big": 64, "d": 64, "h": 512, "m": 16, "eval": 200}
+@dataclass(frozen=True)
+class ColmExperimentSettings:
+    """One setting of the CoLM reproduction (``quick()`` for ``make run``, ``full()``)."""
+
+    steps: int  # optimizer steps per arm (the same in every arm)
+    b: int  # the coreset / small random batch
+    big: int  # the pool B the coreset is selected from
+    d_model: int  # width of the char-level causal LM
+    h: int  # probed rows of blocks.1.attn.v.weight (zeroth-order features)
+    directions: int  # colm-multi: fresh random directions per step
+    eval_size: int  # held-out examples per source
+    arms: tuple[str, ...] = QUICK_ARMS
+
+    @classmethod
+    def quick(cls) -> ColmExperimentSettings:
+        return cls(steps=150, b=16, big=32, d_model=48, h=256, directions=8, eval_size=100)
+
+    @classmethod
+    def full(cls) -> ColmExperimentSettings:
+        return cls(steps=600, b=32, big=64, d_model=64, h=512, directions=16, eval_size=200,
+                   arms=(*QUICK_ARMS, "loss-select", "gradnorm-select"))  # fmt: skip
 
 
-def train_arm(name: str, seed: int, mix: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+def train_arm(name: str, seed: int, mix: Any, cfg: ColmExperimentSettings) -> dict[str, Any]:
     """Train one arm from a seed-fixed init; return per-source eval and timings."""
     from batchcraft.recipes.colm import train_arm as run
 
     return run(
         name,
         mix,
-        steps=cfg["steps"],
-        b=cfg["b"],
-        big=cfg["big"],
-        d_model=cfg["d"],
-        h=cfg["h"],
-        directions=cfg["m"],
+        steps=cfg.steps,
+        b=cfg.b,
+        big=cfg.big,
+        d_model=cfg.d_model,
+        h=cfg.h,
+        directions=cfg.directions,
         seed=seed,
     )
 
@@ -71,9 +89,9 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.selection.colm import small_sources_from_counts
     from batchcraft.utils.plot import pyplot
 
-    cfg = _settings(ctx.quick)
-    arms = QUICK_ARMS if ctx.quick else (*QUICK_ARMS, "loss-select", "gradnorm-select")
-    mix = make_mixture(seed=0, eval_size=cfg["eval"])
+    cfg = ColmExperimentSettings.quick() if ctx.quick else ColmExperimentSettings.full()
+    arms = cfg.arms
+    mix = make_mixture(seed=0, eval_size=cfg.eval_size)
     small = sorted(small_sources_from_counts(mix.counts))
     qs = list(range(len(mix.names)))
     bigs = [q for q in qs if q not in small]
@@ -134,7 +152,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     else:
         noise = "One seed: differences of a few hundredths of a nat are within run-to-run noise."
     summary = (
-        f"Same {cfg['steps']} optimizer steps per arm. CoLM (b={cfg['b']} of B={cfg['big']}) macro "
+        f"Same {cfg.steps} optimizer steps per arm. CoLM (b={cfg.b} of B={cfg.big}) macro "
         f"held-out loss {mean['colm']:.3f} vs random-b {mean['random-b']:.3f}, random-2b "
         f"{mean['random-2b']:.3f}, random-4b {mean['random-4b']:.3f} nats/token: CoLM "
         f"{'beats' if beats_b else 'does not beat'} same-size random batches and "
@@ -182,10 +200,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
 
     setting = (
         f"synthetic mixture sizes {mix.counts.tolist()} (small sources {small}); tiny causal LM "
-        f"d_model={cfg['d']}, 2 blocks, all parameters trained (random init: no pretrained "
-        f"model offline); AdamW lr 3e-3, warm-up 3 %, cosine, clip 1.0; {cfg['steps']} steps; "
-        f"b={cfg['b']}, B={cfg['big']}; probed matrix blocks.1.attn.v.weight (h={cfg['h']}); colm-multi m="
-        f"{cfg['m']} fresh per step; eval {cfg['eval']} per source; seeds {ctx.seeds}; "
+        f"d_model={cfg.d_model}, 2 blocks, all parameters trained (random init: no pretrained "
+        f"model offline); AdamW lr 3e-3, warm-up 3 %, cosine, clip 1.0; {cfg.steps} steps; "
+        f"b={cfg.b}, B={cfg.big}; probed matrix blocks.1.attn.v.weight (h={cfg.h}); colm-multi m="
+        f"{cfg.directions} fresh per step; eval {cfg.eval_size} per source; seeds {ctx.seeds}; "
         f"wall {wall:.0f} s"
     )
     return ExperimentResult(
@@ -195,5 +213,5 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         plots=plots,
         tables=[table],
         setting=setting,
-        data={"mean_macro_loss": mean, "gains": gains, "settings": cfg},
+        data={"mean_macro_loss": mean, "gains": gains, "settings": asdict(cfg)},
     )

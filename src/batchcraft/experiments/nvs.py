@@ -15,6 +15,7 @@ per layer; wall time of ``reconstruct`` and ``render`` vs the number of input vi
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +39,27 @@ ARMS = (("lact", "LaCT-NVS"), ("off", "LaCT updates off"), ("attention", "full a
           ("mean", "mean colour"))  # fmt: skip
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return dict(train_scenes=320, test_scenes=32, steps=1000, batch=6, lr=1e-3,
-                    timing_views=(2, 8, 32), timing_size=64)  # fmt: skip
-    return dict(train_scenes=1024, test_scenes=128, steps=3000, batch=8, lr=1e-3,
-                timing_views=(2, 4, 8, 16, 32, 64, 128), timing_size=64)  # fmt: skip
+@dataclass(frozen=True)
+class NVSExperimentSettings:
+    """One setting of the NVS reproduction (``quick()`` for ``make run``, ``full()``)."""
+
+    train_scenes: int
+    test_scenes: int
+    steps: int  # AdamW steps per model
+    batch: int
+    lr: float
+    timing_views: tuple[int, ...]  # input view counts of the time-vs-views curve
+    timing_size: int  # image size of the timing runs (px)
+
+    @classmethod
+    def quick(cls) -> NVSExperimentSettings:
+        return cls(train_scenes=320, test_scenes=32, steps=1000, batch=6, lr=1e-3,
+                   timing_views=(2, 8, 32), timing_size=64)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> NVSExperimentSettings:
+        return cls(train_scenes=1024, test_scenes=128, steps=3000, batch=8, lr=1e-3,
+                   timing_views=(2, 4, 8, 16, 32, 64, 128), timing_size=64)  # fmt: skip
 
 
 def _timing(views: tuple[int, ...], size: int) -> dict[str, dict[str, list[float]]]:
@@ -125,12 +141,12 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.recipes.nvs import NVSTrainSettings, build_nvs, train_nvs
     from batchcraft.utils.plot import pyplot
 
-    s = _settings(ctx.quick)
+    s = NVSExperimentSettings.quick() if ctx.quick else NVSExperimentSettings.full()
     seeds = ctx.seeds[:1] if ctx.quick else ctx.seeds
     scenes = partial(render_dataset, num_views=NUM_VIEWS, size=32, style=EASY_STYLE)
     train, test = (
-        scenes("train", num_scenes=s["train_scenes"]),
-        scenes("test", num_scenes=s["test_scenes"]),
+        scenes("train", num_scenes=s.train_scenes),
+        scenes("test", num_scenes=s.test_scenes),
     )
     base_cfg = nvs_tiny()
     cfgs = {"lact": base_cfg, "attention": attention_baseline(base_cfg)}
@@ -146,7 +162,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     for seed in seeds:
         for name, cfg in cfgs.items():
             model = build_nvs(cfg, seed)
-            tc = NVSTrainSettings(steps=s["steps"], batch_size=s["batch"], lr=s["lr"],
+            tc = NVSTrainSettings(steps=s.steps, batch_size=s.batch, lr=s.lr,
                                   input_views=VIEWS_TRAIN, seed=seed)  # fmt: skip
             hist = train_nvs(model, train, tc, progress=f"nvs {name} seed {seed}")
             losses.setdefault(name, hist["losses"])
@@ -160,7 +176,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
                     res["off_psnr"][v].append(r["off"])
                     res["mean_psnr"][v].append(r["mean"])
                     drift[v].append(r["drift"])
-    timing = _timing(s["timing_views"], s["timing_size"])
+    timing = _timing(s.timing_views, s.timing_size)
 
     def mean(xs: list[float]) -> float:
         return sum(xs) / len(xs)
@@ -178,7 +194,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     ax.legend()
     plots.append(ctx.save_figure(fig, "psnr_vs_views.png"))
     fig, axs = plt.subplots(1, 2, figsize=(9, 3.5))
-    tv = list(s["timing_views"])
+    tv = list(s.timing_views)
     for i, what in enumerate(("reconstruct_ms", "render_ms")):
         for key, label in (("lact", "LaCT-NVS"), ("attention", "full attention")):
             axs[i].plot(tv, timing[key][what], "o-", label=label)
@@ -293,14 +309,14 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     setting = (
         f"nvs_tiny (d 128, 2 blocks, 4 LaCT heads of 32, r 2, classic Muon 5 steps; attention "
         f"baseline MLP widened to equal params), 32 px, patch 8, EASY_STYLE scenes; "
-        f"{s['train_scenes']} train / {s['test_scenes']} test scenes, {NUM_VIEWS} views each; "
-        f"{s['steps']} AdamW steps, lr {s['lr']}, batch {s['batch']}, input views drawn from "
+        f"{s.train_scenes} train / {s.test_scenes} test scenes, {NUM_VIEWS} views each; "
+        f"{s.steps} AdamW steps, lr {s.lr}, batch {s.batch}, input views drawn from "
         f"{VIEWS_TRAIN}, 2 targets; evaluation: first n views in, last 2 out; seeds {seeds}; "
-        f"timing at {s['timing_size']} px, patch 4 (256 tokens/view), 4 target views, batch 1, "
+        f"timing at {s.timing_size} px, patch 4 (256 tokens/view), 4 target views, batch 1, "
         "best of 5, untrained weights."
     )
     return ExperimentResult(metrics=metrics, verdict=verdict, summary=summary, plots=plots,
                             tables=[psnr_table, drift_table, time_table], setting=setting,
-                            data={"timing": timing, "views": tv, "params": params,
+                            data={"timing": timing, "views": tv, "params": params, "settings": asdict(s),
                                   "psnr": psnr_at,
                                   "drift": {str(v): d for v, d in drift_at.items()}})  # fmt: skip
