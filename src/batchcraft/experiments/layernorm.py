@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -207,16 +208,42 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class LayerNormExperimentSettings:
+    """One setting of the layer-norm reproduction (``quick()`` for ``make run``, ``full()``)."""
+
+    steps: int  # Adam steps per RNN and task
+    lr: float
+    image_train: int  # pixel-sequence image task: train / test images, hidden size
+    image_test: int
+    image_hidden: int
+    lm_bytes: int  # byte-level LM task: corpus bytes, sequence length, hidden size
+    lm_seq: int
+    lm_hidden: int
+    mlp_epochs: int  # the batch-size claim (MLP, BN vs LN)
+
+    @classmethod
+    def quick(cls) -> LayerNormExperimentSettings:
+        return cls(steps=200, lr=3e-3, image_train=4000, image_test=1000, image_hidden=48,
+                   lm_bytes=300_000, lm_seq=48, lm_hidden=96, mlp_epochs=2)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> LayerNormExperimentSettings:
+        return cls(steps=2000, lr=3e-3, image_train=20000, image_test=2000, image_hidden=128,
+                   lm_bytes=2_000_000, lm_seq=100, lm_hidden=256, mlp_epochs=20)  # fmt: skip
+
+
 def _run(ctx: ExperimentContext) -> ExperimentResult:
     t0 = time.time()
     q = ctx.quick
+    st = LayerNormExperimentSettings.quick() if q else LayerNormExperimentSettings.full()
     cfg: dict[str, dict[str, Any]] = {
-        "image": {"steps": 200 if q else 2000, "batch": 64, "lr": 3e-3},
-        "lm": {"steps": 200 if q else 2000, "batch": 32, "lr": 3e-3},
+        "image": {"steps": st.steps, "batch": 64, "lr": st.lr},
+        "lm": {"steps": st.steps, "batch": 32, "lr": st.lr},
     }
     tasks = {
-        "image": _image_task(4000 if q else 20000, 1000 if q else 2000, 48 if q else 128),
-        "lm": _lm_task(300_000 if q else 2_000_000, 48 if q else 100, 96 if q else 256),
+        "image": _image_task(st.image_train, st.image_test, st.image_hidden),
+        "lm": _lm_task(st.lm_bytes, st.lm_seq, st.lm_hidden),
     }
     titles = {k: f"{v['name']}" if k == "image" else "byte-level char LM, " + v["name"].split(" (")[0]
               for k, v in tasks.items()}  # fmt: skip
@@ -235,7 +262,7 @@ def _run(ctx: ExperimentContext) -> ExperimentResult:
                     auc.setdefault((task, kind), []).append(statistics.fmean(hist["train"]))
                     final.setdefault((task, kind), []).append(hist["eval"][-1])
                     bar.advance(task=task, model=kind)
-    bs = [_batch_size_claim(seed, 2 if q else 20) for seed in ctx.seeds]
+    bs = [_batch_size_claim(seed, st.mlp_epochs) for seed in ctx.seeds]
 
     metrics: list[Metric] = []
     wins: list[str] = []
@@ -284,10 +311,11 @@ def _run(ctx: ExperimentContext) -> ExperimentResult:
     plots = [_plot(ctx, curves, titles)]
     setting = (
         f"{'quick' if q else 'full'}: image task = {tasks['image']['name']}, H={tasks['image']['hidden']}, "
-        f"{cfg['image']['steps']} Adam steps (lr 3e-3, batch 64); LM = {tasks['lm']['name']}, "
+        f"{st.steps} Adam steps (lr {st.lr}, batch 64); LM = {tasks['lm']['name']}, "
         f"H={tasks['lm']['hidden']}, {cfg['lm']['steps']} steps (batch 32); grad clip 1.0; MLP 64-128-128-10 "
-        f"SGD momentum 0.9, {2 if q else 20} epochs; seeds {ctx.seeds}; wall {time.time() - t0:.0f}s"
+        f"SGD momentum 0.9, {st.mlp_epochs} epochs; seeds {ctx.seeds}; wall {time.time() - t0:.0f}s"
     )
     return ExperimentResult(metrics=metrics, verdict=verdict, summary=summary, plots=plots,
                             tables=["\n".join(rows)], setting=setting,
-                            data={"batch_size_accuracy": acc, "wins": wins})  # fmt: skip
+                            data={"batch_size_accuracy": acc, "wins": wins,
+                                  "settings": asdict(st)})  # fmt: skip
