@@ -17,7 +17,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-__all__ = ["EXPECTED", "BatchcraftGroup", "fail", "one_line"]
+__all__ = ["EXPECTED", "BatchcraftGroup", "describe", "fail", "one_line"]
 
 EXPECTED: tuple[type[BaseException], ...] = (
     ValueError,
@@ -45,6 +45,26 @@ _ClickException = _click_class("ClickException")
 def one_line(msg: object) -> str:
     """``msg`` as a single line (newlines folded, surrounding space stripped)."""
     return " ".join(str(msg).split())
+
+
+_OS_WORDS = {
+    FileNotFoundError: "{f} does not exist (no such file or folder)",
+    FileExistsError: "{f} already exists (a file where a folder is expected?)",
+    IsADirectoryError: "{f} is a folder; give a file path",
+    NotADirectoryError: "{f} is not a folder (a file where a folder is expected)",
+    PermissionError: "no permission to use {f}",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """The message of an expected failure, in words: an ``OSError`` raised by the system (it has a
+    ``filename``, and a message like ``[Errno 21] Is a directory: 'x'``) says what the path is and
+    what was expected; our own messages pass through unchanged."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        for cls, words in _OS_WORDS.items():
+            if isinstance(exc, cls):
+                return words.format(f=repr(str(exc.filename)))
+    return str(exc) or type(exc).__name__
 
 
 def _print_error(msg: str) -> None:
@@ -97,7 +117,7 @@ class BatchcraftGroup(TyperGroup):
         except EXPECTED as exc:
             if debug:
                 raise
-            _print_error(str(exc) or type(exc).__name__)
+            _print_error(describe(exc))
             code = 2
         if standalone_mode:
             sys.exit(code)

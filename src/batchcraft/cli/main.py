@@ -195,14 +195,13 @@ def reproduce(
                 f"{name:22s} ~{spec.quick_minutes:.0f} min  {spec.claim}", highlight=False
             )
         return
+    from batchcraft.utils.io import check_writable_dir
+
     command = "batchcraft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        records = run_experiments(
-            names, quick=quick, out=out, seeds=seeds, force=force, command=command
-        )
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+    check_writable_dir(out)  # before any experiment runs
+    records = run_experiments(
+        names, quick=quick, out=out, seeds=seeds, force=force, command=command
+    )  # an unknown name is a ValueError: one line from the error layer
     console.print(f"report: {out / 'summary.md'} and {out / 'index.html'}", highlight=False)
     if any(r.get("status") != "ok" for r in records.values()):
         raise typer.Exit(1)

@@ -45,7 +45,12 @@ def _pick_device(device: str | torch.device | None, local_rank: int) -> torch.de
         return (
             torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         )
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {str(device)!r} is not a torch device; use auto, cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
