@@ -81,3 +81,32 @@ def test_rope_input_errors() -> None:
         apply_rope_pair(torch.randn(1, 4, 3, 1, 6), range(4))
     with pytest.raises(ValueError, match="range"):
         rope_tables(range(0, 8, 2), 4)
+
+
+def test_fake_tensor_traces_neither_poison_nor_read_the_table_cache():
+    """The memory planner traces under FakeTensorMode: tables made there must not be cached for
+    later real calls, and cached real tables must not leak into a trace."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    from batchcraft.nn.rope import rope_tables
+
+    real = rope_tables(range(5), 8, theta=123.0)  # cached
+    with FakeTensorMode():
+        fake = rope_tables(range(5), 8, theta=123.0)
+        fake2 = rope_tables(range(7), 8, theta=321.0)
+    assert isinstance(fake.cos, FakeTensor) and isinstance(fake2.cos, FakeTensor)
+    again = rope_tables(range(7), 8, theta=321.0)
+    assert not isinstance(again.cos, FakeTensor)
+    assert not isinstance(rope_tables(range(5), 8, theta=123.0).cos, FakeTensor)
+    assert real.cos.shape == (5, 8)
+
+
+def test_table_cache_off_computes_the_same_tables_per_call():
+    from batchcraft.nn.rope import rope_tables, table_cache
+
+    on = rope_tables(range(3, 40), 16)
+    with table_cache(False):
+        off = rope_tables(range(3, 40), 16)
+    assert off.cos.untyped_storage().nbytes() < on.cos.untyped_storage().nbytes()  # own table
+    torch.testing.assert_close(off.cos, on.cos, rtol=0, atol=0)
+    torch.testing.assert_close(off.sin_signed, on.sin_signed, rtol=0, atol=0)

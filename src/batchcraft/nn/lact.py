@@ -466,11 +466,13 @@ class LaCTLayer(nn.Module):
         mods = [self.lr_proj, self.beta_proj, self.gate_proj]
         heads = [m for m in mods if m is not None]
         weight = torch.cat([self.qkv.weight, *(m.weight for m in heads)])
-        qkv_b = self.qkv.bias
-        if qkv_b is None:
-            qkv_b = self.qkv.weight.new_zeros(self.qkv.out_features)
-        bias = torch.cat([qkv_b, *(m.bias for m in heads)])
-        return F.linear(x, weight, bias)
+        if self.qkv.bias is not None:
+            return F.linear(x, weight, torch.cat([self.qkv.bias, *(m.bias for m in heads)]))
+        # no q/k/v bias: add the heads' biases to their columns only (a zero bias for q/k/v would
+        # give it a gradient buffer that the bias gradients then share as views)
+        y = F.linear(x, weight)
+        y[..., self.qkv.out_features :] += torch.cat([m.bias for m in heads])
+        return y
 
     def _attention(
         self,

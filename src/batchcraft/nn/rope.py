@@ -6,8 +6,10 @@ at each ``cu_seqlens`` boundary) and decoding all use the same function.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "positions_from_cu_seqlens",
     "rope_cos_sin",
     "rope_tables",
+    "table_cache",
 ]
 
 
@@ -75,6 +78,31 @@ def _prefix_tables(
     return _signed(*rope_cos_sin(pos, head_dim, theta=theta, dtype=dtype))
 
 
+_cache_on = [True]
+
+
+@contextlib.contextmanager
+def table_cache(enabled: bool) -> Iterator[None]:
+    """Turn the process-wide cache of range tables on or off inside the block.
+
+    Off, every call computes its own ``[T, D]`` tables, as a fake-tensor trace does: what the
+    memory planner measures as activations (a cached table is shared, persistent memory).
+    """
+    prev, _cache_on[0] = _cache_on[0], enabled
+    try:
+        yield
+    finally:
+        _cache_on[0] = prev
+
+
+def _tracing() -> bool:
+    """Inside a fake-tensor / dispatch mode (the memory planner's traces, torch.compile): the
+    process-wide cache must neither hand out nor keep tensors of such a mode."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
 def rope_tables(
     positions: Tensor | range,
     head_dim: int,
@@ -108,7 +136,7 @@ def rope_tables(
         )
     dev = torch.device("cpu") if device is None else torch.device(device)
     end = positions.stop
-    if end > _CACHE_POSITIONS or head_dim % 2:
+    if end > _CACHE_POSITIONS or head_dim % 2 or not _cache_on[0] or _tracing():
         pos = torch.arange(positions.start, end, device=dev)
         return _signed(*rope_cos_sin(pos, head_dim, theta=theta, dtype=dtype))
     size = max(1024, 1 << (max(end, 1) - 1).bit_length())  # next power of two >= end

@@ -71,13 +71,18 @@ class SavedBytes:
 
     @contextlib.contextmanager
     def saved_by_autograd(self) -> Iterator[SavedBytes]:
-        """Count every tensor autograd saves for backward inside the block."""
+        """Count every tensor autograd saves for backward inside the block.
+
+        RoPE range tables are computed per call inside (as a fake-tensor trace computes them):
+        a process-wide cached table is shared, persistent memory, not an activation.
+        """
+        from batchcraft.nn.rope import table_cache
 
         def pack(t: Tensor) -> Tensor:
             self.add(t)
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with table_cache(False), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield self
 
 
