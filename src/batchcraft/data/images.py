@@ -115,18 +115,23 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     return data.reshape(shape).clone()
 
 
-def find_fashion_mnist() -> Path | None:
+def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
     """The folder holding the four Fashion-MNIST IDX files, or ``None``.
 
-    Looks in ``$BATCHCRAFT_FASHION_MNIST``, ``<data dir>/fashion-mnist`` and the Debian package's
-    ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+    Looks in ``$BATCHCRAFT_FASHION_MNIST``, ``<data dir>/fashion-mnist`` (the data dir is
+    ``data_dir``, a ``--data-dir`` option, else :func:`~batchcraft.data.paths.find_data_dir`'s
+    search) and the Debian package's ``/usr/share/datasets/fashion-mnist``
+    (``apt-get install dataset-fashion-mnist``).
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is given but is not a folder.
     """
     from batchcraft.data.paths import find_data_dir
 
     cands = [os.environ.get("BATCHCRAFT_FASHION_MNIST", "")]
-    data_dir = find_data_dir()
-    if data_dir is not None:
-        cands.append(str(data_dir / "fashion-mnist"))
+    folder = find_data_dir(data_dir)
+    if folder is not None:
+        cands.append(str(folder / "fashion-mnist"))
     cands += list(_FASHION_DIRS)
     for c in cands:
         if c and all(_idx_file(Path(c), f) is not None for pair in _FILES.values() for f in pair):
