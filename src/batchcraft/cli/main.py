@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from batchcraft.cli.errors import BatchcraftGroup
+from batchcraft.cli.errors import BatchcraftGroup, fail
 
 app = typer.Typer(
     cls=BatchcraftGroup,
@@ -182,9 +182,18 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per experiment (mean ± std).")] = 1,
     force: Annotated[bool, typer.Option(help="Re-run experiments that already finished.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real-data folder (cora.zip, ACM.zip, fashion-mnist/, ...); default: "
+            "$BATCHCRAFT_DATA, else ../shared/data; experiments fall back to synthetic data."
+        ),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List experiments and exit.")] = False,
 ) -> None:
     """Reproduce each paper's headline claim and write ``reports/summary.md`` + ``index.html``."""
+    from batchcraft._capabilities import has_module
+    from batchcraft.data.paths import find_data_dir
     from batchcraft.experiments.runner import run_experiments
     from batchcraft.registry import experiments
     from batchcraft.utils.progress import console
@@ -197,10 +206,14 @@ def reproduce(
         return
     from batchcraft.utils.io import check_writable_dir
 
+    folder = find_data_dir(data_dir)  # a --data-dir that does not exist is an error, up front
+    if not has_module("matplotlib"):  # every experiment plots; fail now, not after training
+        fail("reproduce draws plots: matplotlib is not installed; pip install 'batchcraft[plot]'")
     command = "batchcraft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     check_writable_dir(out)  # before any experiment runs
+    console.print(f"real data: {folder or 'none found (synthetic stand-ins)'}", highlight=False)
     records = run_experiments(
-        names, quick=quick, out=out, seeds=seeds, force=force, command=command
+        names, quick=quick, out=out, seeds=seeds, force=force, command=command, data_dir=folder
     )  # an unknown name is a ValueError: one line from the error layer
     console.print(f"report: {out / 'summary.md'} and {out / 'index.html'}", highlight=False)
     if any(r.get("status") != "ok" for r in records.values()):
