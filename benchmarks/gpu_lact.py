@@ -23,10 +23,16 @@ bf16 matmul peak at C = 2048, D = 512; training memory with recomputation <= 0.5
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+if __name__ == "__main__" and "--cpu-dry-run" in sys.argv:
+    # the Triton paths run in Triton's CPU interpreter, which is chosen when triton is first
+    # imported: set it before anything (torch included) can import triton
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import torch
 
