@@ -136,7 +136,7 @@ def _fl_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
-    from batchcraft.selection.colm import ColmTrainer
+    from batchcraft.recipes.colm import ColmTrainer
 
     mix, model = _setup(sz["d"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -177,7 +177,7 @@ def _rss(field: str) -> int:
 
 def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:
     """Run in a fresh process: print the peak memory increment of ``name``'s training loop."""
-    from batchcraft.selection.colm import ColmTrainer
+    from batchcraft.recipes.colm import ColmTrainer
 
     torch.set_num_threads(1)
     if model_name == "smollm2":
@@ -330,7 +330,8 @@ def _setup_smollm2() -> tuple[Any, Any, dict[str, Any]]:
 
 def _smollm2_main() -> dict[str, Any]:
     """random-b / random-B / CoLM step time and peak memory on SmolLM2-135M with LoRA."""
-    from batchcraft.selection.colm import ColmTrainer, ZOProbe
+    from batchcraft.recipes.colm import ColmTrainer
+    from batchcraft.selection.colm import ZOProbe
 
     _find_smollm2_gguf()  # fail fast with the install hint, before any timing
     sz = SMOL_SIZES
