@@ -126,12 +126,20 @@ def bench(
         bool,
         typer.Option(help="Where the time goes, per component (benchmarks that support it)."),
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the JSON results (default: benchmarks/results in a checkout, "
+            "else the user cache folder)."
+        ),
+    ] = None,
 ) -> None:
     """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
     import inspect
+    import os
 
     from batchcraft.registry import benchmarks
-    from batchcraft.utils.bench import format_table, summary_rows
+    from batchcraft.utils.bench import RESULTS_ENV, format_table, results_dir, summary_rows
     from batchcraft.utils.progress import console
 
     registry = benchmarks()
@@ -145,13 +153,16 @@ def bench(
     chosen = list(registry) if names == ["all"] else names
     unknown = [n for n in chosen if n not in registry]
     if unknown:
-        console.print(f"[red]unknown benchmark(s) {unknown}; available: {sorted(registry)}[/red]")
-        raise typer.Exit(2)
+        fail(f"unknown benchmark(s) {unknown}; available: {sorted(registry)}")
     if profile:
         chosen = [n for n in chosen if "profile" in inspect.signature(registry[n].fn).parameters]
         if not chosen:
-            console.print("[red]none of these benchmarks has a --profile mode[/red]")
-            raise typer.Exit(2)
+            fail("none of these benchmarks has a --profile mode")
+    if out is not None:
+        from batchcraft.utils.io import check_writable_dir
+
+        check_writable_dir(out)  # before any work
+        os.environ[RESULTS_ENV] = str(out.resolve())  # benchmark subprocesses inherit it
     sections: list[str] = []
     summary: list[dict[str, object]] = []
     for n in chosen:
@@ -169,6 +180,7 @@ def bench(
     if markdown is not None:
         with open(markdown, "a", encoding="utf-8") as f:
             f.write("\n".join(sections))
+    console.print(f"results: {results_dir().resolve()}", highlight=False)
 
 
 @app.command()
