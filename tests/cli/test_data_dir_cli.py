@@ -13,21 +13,12 @@ runner = CliRunner()
 _attach_subcommands()
 
 
-def _graph_branch_pending(args: list[str]) -> object:
-    # `graph train --data-dir MISSING` says "cora.zip not found" without the path until the graph
-    # work (named paths tried, `graph rphgnn --data-dir`) is merged; strict: remove once it is
-    return pytest.param(
-        args, marks=pytest.mark.xfail(strict=True, reason="named paths come with the graph branch")
-    )
-
-
 COMMANDS = [
     ["reproduce", "adan"],
     ["selection", "hard-batches"],
     ["graph", "train", "--dataset", "cora"],
     ["graph", "rphgnn", "--dataset", "ACM"],
 ]
-CASES = [*COMMANDS[:2], _graph_branch_pending(COMMANDS[2]), COMMANDS[3]]
 
 
 def _options(path: list[str]) -> set[str]:
@@ -37,11 +28,9 @@ def _options(path: list[str]) -> set[str]:
     return {o for p in cmd.params for o in getattr(p, "opts", [])}
 
 
-@pytest.mark.parametrize("args", CASES, ids=lambda a: " ".join(a[:2]))
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a[:2]))
 def test_missing_data_dir_is_one_line_naming_it(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if "--data-dir" not in _options(args[:2]):
-        pytest.skip(f"batchcraft {' '.join(args[:2])} has no --data-dir yet")
     missing = tmp_path / "no-such-folder"
     res = runner.invoke(app, [*args, "--data-dir", str(missing)])
     assert res.exit_code == 2, res.output
@@ -51,7 +40,6 @@ def test_missing_data_dir_is_one_line_naming_it(args, tmp_path, monkeypatch):
 
 
 def test_every_data_command_has_data_dir():
-    """The commands that read real data all offer --data-dir (graph rphgnn joins with the graph
-    work; until then it is reported here, not failed)."""
-    missing = [" ".join(a[:2]) for a in COMMANDS[:3] if "--data-dir" not in _options(a[:2])]
+    """The commands that read real data all offer --data-dir."""
+    missing = [" ".join(a[:2]) for a in COMMANDS if "--data-dir" not in _options(a[:2])]
     assert not missing, f"no --data-dir on: {missing}"
