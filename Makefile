@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.batchcraft-installed
 # The CPU wheel of torch available on the reference machine; users elsewhere get the range in pyproject.
 TORCH_PIN ?= torch==2.13.0
-LINT_PATHS := $(wildcard src tests benchmarks examples)
+LINT_PATHS := $(wildcard src tests examples)
 
 .PHONY: run test install lint typecheck pytest bench clean data docs wheel
 

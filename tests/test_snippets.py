@@ -199,22 +199,27 @@ def _check_batchcraft(argv: list[str], where: str) -> None:
 
 
 def _check_other(words: list[str], where: str) -> None:
-    """``python FILE``, ``make TARGET``, ``pytest PATH`` and ``bash FILE`` point at things that exist."""
+    """``python FILE``, ``python -m MODULE``, ``make TARGET``, ``pytest PATH`` and ``bash FILE``
+    point at things that exist."""
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
         words = words[1:]
     if not words:
         return
     prog = Path(words[0]).name
     args = [w for w in words[1:] if not w.startswith("-")]
+    if prog in ("python", "python3") and words[1:2] == ["-m"] and words[2:3] != ["pytest"]:
+        import importlib.util  # python -m MODULE: the module exists
+
+        assert len(words) > 2 and importlib.util.find_spec(words[2]), f"{where}: bad {words}"
     if prog in ("python", "python3", "bash") and args and args[0].endswith((".py", ".sh")):
         assert (ROOT / args[0]).is_file(), f"{where}: {args[0]} does not exist"
-    elif prog == "make":
+    if prog == "make":
         makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
         for target in (a for a in args if "=" not in a):
             assert re.search(rf"^{re.escape(target)}\s*:", makefile, re.M), (
                 f"{where}: the Makefile has no target {target!r}"
             )
-    elif prog == "pytest" or words[1:3] == ["-m", "pytest"]:
+    if prog == "pytest" or words[1:3] == ["-m", "pytest"]:
         for a in args:
             if a.startswith("tests"):
                 assert (ROOT / a.split("::")[0]).exists(), f"{where}: {a} does not exist"

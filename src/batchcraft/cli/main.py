@@ -133,8 +133,13 @@ def bench(
             "else the user cache folder)."
         ),
     ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
 ) -> None:
-    """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
+    """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one.
+
+    The benchmarks ship inside the package (``batchcraft.benchmarks``), so this works from any
+    folder; ``$BATCHCRAFT_BENCHMARKS`` may name a folder of extra ``bench_*.py`` scripts.
+    """
     import inspect
     import os
 
@@ -143,10 +148,9 @@ def bench(
     from batchcraft.utils.progress import console
 
     registry = benchmarks()
-    if not names:
+    if list_ or not names:
         if not registry:
-            console.print("no benchmarks found: run from the repository root (benchmarks/ folder)")
-            raise typer.Exit(1)
+            fail("no benchmarks registered (the batchcraft.benchmarks package is missing)")
         for name, spec in registry.items():
             console.print(f"{name:24s} {spec.description}", highlight=False)
         return

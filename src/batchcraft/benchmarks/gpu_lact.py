@@ -1,6 +1,6 @@
 """Benchmark ``lact-gpu``: the LaCT op (and layer) at GPU speed, bf16, T = 32K (issue 11).
 
-Run on a CUDA machine: ``python benchmarks/gpu_lact.py`` or ``batchcraft bench lact-gpu``
+Run on a CUDA machine: ``python -m batchcraft.benchmarks.gpu_lact`` or ``batchcraft bench lact-gpu``
 (``--quick`` keeps only D = 512, C = 2048). Without CUDA it prints why and returns no rows.
 
 One run, in this order (whole script < 4 min on an H200; a time guard skips what is left):
@@ -227,7 +227,7 @@ def layer_row(*, impl: str) -> dict[str, Any]:
 def main(quick: bool = False) -> dict[str, Any]:
     """Run the GPU benchmark (skips with a message without CUDA)."""
     if DEV == "cuda" and not torch.cuda.is_available():
-        msg = "lact-gpu needs CUDA: run benchmarks/gpu_check.sh on a GPU machine; nothing measured"
+        msg = "lact-gpu needs CUDA (run it on a GPU machine; --cpu-dry-run checks the code paths); nothing measured"
         print(msg)
         return {"rows": [], "skipped": msg}
     t0 = time.perf_counter()
