@@ -1,6 +1,6 @@
 """GraphSAGE on Cora with neighbour sampling and a zero-copy feature store.
 
-    python examples/graphsage_cora.py --data-dir ../shared/data    # Cora from <dir>/cora.zip
+    python examples/graphsage_cora.py --data-dir path/to/data     # Cora from <dir>/cora.zip
     python examples/graphsage_cora.py                              # $BATCHCRAFT_DATA, else synthetic
     python examples/graphsage_cora.py --tiny                       # a few seconds
 

@@ -1,6 +1,6 @@
 """RpHGNN node classification on the ACM heterogeneous graph (papers, authors, subjects, terms).
 
-    python examples/rphgnn_acm.py --data-dir ../shared/data    # HGB's ACM.zip, read in place
+    python examples/rphgnn_acm.py --data-dir path/to/data     # HGB's ACM.zip, read in place
     python examples/rphgnn_acm.py                              # $BATCHCRAFT_DATA, else synthetic
     python examples/rphgnn_acm.py --tiny                       # a few seconds
 
