@@ -1,9 +1,11 @@
-"""Documentation stays useful: every public name has a docstring; README and docs are linked."""
+"""Documentation stays useful: every public name has a docstring; README and docs are linked; nothing
+cites files outside the repository."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,47 @@ def test_docs_site_builds_strict(tmp_path):
     models = (site / "api" / "models.html").read_text(encoding="utf-8")
     assert 'id="batchcraft.models.LaCTForCausalLM"' in models  # the reference has the docstrings
     assert "Prefill, then decode one token at a time" in models  # LaCTForCausalLM.generate's
+
+
+# Citations of files that live outside the repository (the specs, the house rules, the seed) mean
+# nothing to a reader of the repo or of the installed package.
+OUTSIDE = re.compile(
+    r"spec §|shared/specs|\.\./shared/seed|CONVENTIONS\.md|/work/"
+    r"|\bspecs?\s+(?:section\s+\d|\d+\.\d|test\s+\d|table\b|target\b|``|\w+\.md)|\bspec's\b"
+)
+PENDING = {"docs/lact_lm.md"}  # rewritten on the LaCT LM branch, which drops its two 'spec §'
+
+
+def _text_files() -> list[str]:
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "BENCHMARKS.md"]
+    for folder, pattern in (("src", "*.py"), ("src", "*.md"), ("docs", "*.md"), ("examples", "*")):
+        files += sorted((ROOT / folder).rglob(pattern))
+    return sorted(str(f.relative_to(ROOT)) for f in files if f.is_file() and f.suffix != ".pyc")
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        pytest.param(r, marks=pytest.mark.xfail(strict=True, reason="pending on the lm branch"))
+        if r in PENDING
+        else r
+        for r in _text_files()
+    ],
+)
+def test_no_reference_to_files_outside_the_repo(rel):
+    text = (ROOT / rel).read_text(encoding="utf-8")
+    hits = [
+        f"{rel}:{n}: {line.strip()}"
+        for n, line in enumerate(text.splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert not hits, "cites files outside the repository:\n" + "\n".join(hits)
+
+
+def test_outside_reference_pattern_catches_the_usual_forms():
+    for bad in ("(spec §3)", "Spec: `shared/specs/x.md`", "spec section 2.2", "spec test 22",
+                "(analytic, spec 2.3)", "spec layernorm.md §2", "the spec's order"):  # fmt: skip
+        assert OUTSIDE.search(bad), bad
+    for fine in ("importlib.util.find_spec(name)", "spec.loader", "--tokenizer SPEC",
+                 "$BATCHCRAFT_DATA, else ../shared/data"):  # fmt: skip
+        assert not OUTSIDE.search(fine), fine
