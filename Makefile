@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.batchcraft-installed
 # The CPU wheel of torch available on the reference machine; users elsewhere get the range in pyproject.
 TORCH_PIN ?= torch==2.13.0
-LINT_PATHS := $(wildcard src tests benchmarks)
+LINT_PATHS := $(wildcard src tests examples)
 
-.PHONY: run test install lint typecheck pytest bench clean data
+.PHONY: run test install lint typecheck pytest bench clean data docs wheel
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,5 +44,13 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/batchcraft bench all
 
+# HTML docs and the API reference (from the docstrings) into site/; strict: warnings fail
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+# a wheel and an sdist into dist/
+wheel: $(STAMP)
+	$(BIN)/python -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist site src/*.egg-info

@@ -2,7 +2,7 @@
 # GPU checks of the LaCT bf16 / compiled / Triton paths (issue 11), for a session with a CUDA GPU.
 # Usage (from the repository root): bash benchmarks/gpu_check.sh [--quick]
 # 1. gpu- and triton-marked LaCT tests on the real kernels (TRITON_INTERPRET unset);
-# 2. the benchmark (benchmarks/gpu_lact.py, < 4 min on an H200), JSON in benchmarks/results/lact-gpu.json.
+# 2. the benchmark (batchcraft.benchmarks.gpu_lact, < 4 min on an H200), JSON in benchmarks/results/lact-gpu.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -12,4 +12,4 @@ unset TRITON_INTERPRET
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 "$PY" -m pytest tests/ops/lact/test_triton.py tests/ops/lact/test_bf16.py tests/ops/lact/test_compile.py \
     -q -p no:cacheprovider -m "gpu or triton or not slow" --timeout=300
-"$PY" benchmarks/gpu_lact.py "$@"
+"$PY" -m batchcraft.benchmarks.gpu_lact "$@"

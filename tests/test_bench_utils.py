@@ -34,3 +34,21 @@ def test_format_table_has_header_and_one_line_per_row():
     text = format_table([{"a": 1, "b": 0.5}, {"a": 2}])
     lines = text.strip().splitlines()
     assert lines[0] == "| a | b |" and len(lines) == 4
+
+
+def test_results_dir_follows_env_then_checkout_then_user_cache(tmp_path, monkeypatch):
+    from batchcraft.utils.bench import RESULTS_ENV, results_dir
+
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    monkeypatch.setenv("BATCHCRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not a checkout: the user cache, never ./benchmarks
+    assert results_dir() == tmp_path / "cache" / "bench-results"
+    checkout = tmp_path / "checkout"
+    (checkout / "src" / "batchcraft").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'batchcraft'\n")
+    monkeypatch.chdir(checkout)
+    assert results_dir().resolve() == checkout / "benchmarks" / "results"
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "mine"))  # bench --out sets it
+    assert results_dir() == tmp_path / "mine"

@@ -82,18 +82,27 @@ def has_flex_attention() -> bool:
     return has_module("torch.nn.attention.flex_attention")
 
 
+class MissingExtraError(ImportError):
+    """An optional package is not installed; the message names the pip extra that provides it."""
+
+
 def require(name: str, purpose: str = "") -> ModuleType:
-    """Import an optional module or raise an ``ImportError`` that says how to install it.
+    """Import an optional module or raise a :class:`MissingExtraError` saying how to install it.
 
     Args:
         name: module name, e.g. ``"triton"``.
         purpose: what the caller wanted it for, shown in the error.
+
+    Raises:
+        MissingExtraError: (an ``ImportError``) the module is not installed.
     """
     if not has_module(name):
         extra = _EXTRA.get(name)
         hint = f'pip install "batchcraft[{extra}]"' if extra else f"pip install {name}"
         why = f" for {purpose}" if purpose else ""
-        raise ImportError(f"{name} is required{why} but is not installed; install it with: {hint}")
+        raise MissingExtraError(
+            f"{name} is required{why} but is not installed; install it with: {hint}"
+        )
     return importlib.import_module(name)
 
 

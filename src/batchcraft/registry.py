@@ -1,9 +1,10 @@
 """One registry for everything runnable by name: experiments and benchmarks.
 
 Experiments (paper-claim reproductions) live in ``batchcraft/experiments/<name>.py`` and register
-with :func:`register_experiment`; they are discovered by importing that package's modules.
-Benchmarks live outside the package in ``benchmarks/bench_<component>.py`` (not installed) and
-register with :func:`register_benchmark`; they are discovered by importing those scripts.
+with :func:`register_experiment`; benchmarks live in ``batchcraft/benchmarks/bench_<component>.py``
+and register with :func:`register_benchmark`. Both are discovered by importing their package's
+modules, so they work from an installed wheel, whatever the current folder. Benchmark scripts of
+your own (``bench_*.py`` files in a folder named by ``$BATCHCRAFT_BENCHMARKS``) are imported too.
 
 A component adds its entries with a decorator and nothing else::
 
@@ -64,6 +65,7 @@ class BenchmarkSpec:
     tags: list[str] = field(default_factory=list)
 
 
+BENCHMARKS_ENV = "BATCHCRAFT_BENCHMARKS"
 _EXPERIMENTS: dict[str, ExperimentSpec] = {}
 _BENCHMARKS: dict[str, BenchmarkSpec] = {}
 
@@ -127,30 +129,46 @@ def experiments() -> dict[str, ExperimentSpec]:
 
 
 def find_benchmarks_dir() -> Path | None:
-    """``$BATCHCRAFT_BENCHMARKS``, else ``./benchmarks``, else the checkout's ``benchmarks/``."""
-    env = os.environ.get("BATCHCRAFT_BENCHMARKS")
-    candidates = [Path(env)] if env else []
-    candidates += [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
-    for c in candidates:
-        if c.is_dir() and any(c.glob("bench_*.py")):
-            return c
-    return None
+    """``$BATCHCRAFT_BENCHMARKS``: a folder of extra ``bench_*.py`` scripts, or ``None``.
+
+    Raises:
+        FileNotFoundError: the variable names a folder that does not exist.
+    """
+    env = os.environ.get(BENCHMARKS_ENV)
+    if not env:
+        return None
+    folder = Path(env)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"${BENCHMARKS_ENV} names {env!r}, which is not a folder")
+    return folder
+
+
+def _load_benchmark_modules() -> None:
+    import batchcraft.benchmarks as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("bench_"):
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+def _load_benchmark_scripts(folder: Path) -> None:
+    for script in sorted(folder.glob("bench_*.py")):
+        modname = f"_batchcraft_bench_{script.stem}"
+        if modname in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(modname, script)
+        if spec is None or spec.loader is None:
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
 
 
 def benchmarks(bench_dir: Path | None = None) -> dict[str, BenchmarkSpec]:
-    """All registered benchmarks, importing every ``bench_*.py`` script of the benchmarks folder."""
+    """All registered benchmarks: the package's ``bench_*`` modules, plus the ``bench_*.py``
+    scripts of ``bench_dir`` (default: :func:`find_benchmarks_dir`)."""
+    _load_benchmark_modules()
     folder = bench_dir or find_benchmarks_dir()
     if folder is not None:
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-        for script in sorted(folder.glob("bench_*.py")):
-            modname = f"_batchcraft_bench_{script.stem}"
-            if modname in sys.modules:
-                continue
-            spec = importlib.util.spec_from_file_location(modname, script)
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = module
-            spec.loader.exec_module(module)
+        _load_benchmark_scripts(folder)
     return dict(sorted(_BENCHMARKS.items()))

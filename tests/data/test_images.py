@@ -99,3 +99,27 @@ def test_hard_mixture_label_noise():
     assert 0.15 < flipped < 0.25
     with pytest.raises(ValueError, match="label_noise"):
         hard_mixture(label_noise=1.0)
+
+
+def test_fashion_mnist_search_takes_data_dir_and_names_what_it_tried(tmp_path, monkeypatch):
+    import batchcraft.data.images as images
+
+    monkeypatch.delenv("BATCHCRAFT_FASHION_MNIST", raising=False)
+    monkeypatch.setattr(images, "_FASHION_DIRS", (str(tmp_path / "no-debian-package"),))
+    data = tmp_path / "data"
+    folder = data / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 6), ("t10k", 4)):
+        write_idx(folder / f"{split}-images-idx3-ubyte",
+                  np.zeros((n, 28, 28), dtype=np.uint8), 0x08)  # fmt: skip
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8), 0x08)
+    assert find_fashion_mnist(data) == folder
+    assert load_fashion_mnist(data_dir=data).x_train.shape == (6, 1, 28, 28)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert find_fashion_mnist(empty) is None
+    with pytest.raises(FileNotFoundError, match="empty/fashion-mnist") as err:
+        load_fashion_mnist(data_dir=empty)
+    assert "no-debian-package" in str(err.value) and "dataset-fashion-mnist" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_fashion_mnist(tmp_path / "typo")

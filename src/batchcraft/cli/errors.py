@@ -2,8 +2,9 @@
 
 Expected failures are bad option values (click's usage errors), and what the library raises for
 bad input: ``ValueError`` / ``TypeError`` (including :class:`batchcraft.utils.io.CheckpointError`
-and :class:`batchcraft.recipes.ResumeError`), missing files, folders given for files and
-unwritable outputs. They print ``error: <message>`` on one line and exit with status 2; the
+and :class:`batchcraft.recipes.ResumeError`), missing files, folders given for files,
+unwritable outputs and a missing optional package (:class:`batchcraft._capabilities.MissingExtraError`,
+whose message names the extra to install). They print ``error: <message>`` on one line and exit with status 2; the
 global ``--debug`` option shows the traceback instead. Anything else is a bug and keeps its
 traceback.
 """
@@ -17,9 +18,12 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from batchcraft._capabilities import MissingExtraError
+
 __all__ = ["EXPECTED", "BatchcraftGroup", "describe", "fail", "one_line"]
 
 EXPECTED: tuple[type[BaseException], ...] = (
+    MissingExtraError,
     ValueError,
     TypeError,
     FileNotFoundError,
@@ -68,10 +72,13 @@ def describe(exc: BaseException) -> str:
 
 
 def _print_error(msg: str) -> None:
+    from rich.markup import escape
+
     from batchcraft.utils.progress import console
 
+    # escape: messages hold literal brackets ("pip install 'batchcraft[hf]'") that rich would eat
     console.print(
-        f"[red]error:[/red] {one_line(msg)}", highlight=False, markup=True, soft_wrap=True
+        f"[red]error:[/red] {escape(one_line(msg))}", highlight=False, markup=True, soft_wrap=True
     )
 
 

@@ -45,6 +45,12 @@ def hard_batches(
     full: Annotated[
         bool, typer.Option(help="Whole Fashion-MNIST at 28x28 (default: 8k subset, 14x14).")
     ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder holding fashion-mnist/ (default: $BATCHCRAFT_DATA, ../shared/data)."
+        ),
+    ] = None,
     threads: Annotated[
         int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")
     ] = 0,
@@ -73,7 +79,7 @@ def hard_batches(
         torch.set_num_threads(threads)
     if out is not None:
         check_writable_dir(out)
-    split = load_split(dataset, quick=not full, seed=seed)
+    split = load_split(dataset, quick=not full, seed=seed, data_dir=data_dir)
     with seeded(seed):
         if split.x_train.dim() == 2:
             model = SmallResNet(classes=split.num_classes, features=split.x_train.shape[1])

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from batchcraft.cli.errors import BatchcraftGroup
+from batchcraft.cli.errors import BatchcraftGroup, fail
 
 app = typer.Typer(
     cls=BatchcraftGroup,
@@ -126,32 +126,47 @@ def bench(
         bool,
         typer.Option(help="Where the time goes, per component (benchmarks that support it)."),
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the JSON results (default: benchmarks/results in a checkout, "
+            "else the user cache folder)."
+        ),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List benchmarks and exit.")] = False,
 ) -> None:
-    """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one."""
+    """Run benchmarks by name (``batchcraft bench lact-op``); ``all`` runs every one.
+
+    The benchmarks ship inside the package (``batchcraft.benchmarks``), so this works from any
+    folder; ``$BATCHCRAFT_BENCHMARKS`` may name a folder of extra ``bench_*.py`` scripts.
+    """
     import inspect
+    import os
 
     from batchcraft.registry import benchmarks
-    from batchcraft.utils.bench import format_table, summary_rows
+    from batchcraft.utils.bench import RESULTS_ENV, format_table, results_dir, summary_rows
     from batchcraft.utils.progress import console
 
     registry = benchmarks()
-    if not names:
+    if list_ or not names:
         if not registry:
-            console.print("no benchmarks found: run from the repository root (benchmarks/ folder)")
-            raise typer.Exit(1)
+            fail("no benchmarks registered (the batchcraft.benchmarks package is missing)")
         for name, spec in registry.items():
             console.print(f"{name:24s} {spec.description}", highlight=False)
         return
     chosen = list(registry) if names == ["all"] else names
     unknown = [n for n in chosen if n not in registry]
     if unknown:
-        console.print(f"[red]unknown benchmark(s) {unknown}; available: {sorted(registry)}[/red]")
-        raise typer.Exit(2)
+        fail(f"unknown benchmark(s) {unknown}; available: {sorted(registry)}")
     if profile:
         chosen = [n for n in chosen if "profile" in inspect.signature(registry[n].fn).parameters]
         if not chosen:
-            console.print("[red]none of these benchmarks has a --profile mode[/red]")
-            raise typer.Exit(2)
+            fail("none of these benchmarks has a --profile mode")
+    if out is not None:
+        from batchcraft.utils.io import check_writable_dir
+
+        check_writable_dir(out)  # before any work
+        os.environ[RESULTS_ENV] = str(out.resolve())  # benchmark subprocesses inherit it
     sections: list[str] = []
     summary: list[dict[str, object]] = []
     for n in chosen:
@@ -169,6 +184,7 @@ def bench(
     if markdown is not None:
         with open(markdown, "a", encoding="utf-8") as f:
             f.write("\n".join(sections))
+    console.print(f"results: {results_dir().resolve()}", highlight=False)
 
 
 @app.command()
@@ -182,9 +198,18 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("reports"),
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per experiment (mean ± std).")] = 1,
     force: Annotated[bool, typer.Option(help="Re-run experiments that already finished.")] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real-data folder (cora.zip, ACM.zip, fashion-mnist/, ...); default: "
+            "$BATCHCRAFT_DATA, else ../shared/data; experiments fall back to synthetic data."
+        ),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List experiments and exit.")] = False,
 ) -> None:
     """Reproduce each paper's headline claim and write ``reports/summary.md`` + ``index.html``."""
+    from batchcraft._capabilities import has_module
+    from batchcraft.data.paths import find_data_dir
     from batchcraft.experiments.runner import run_experiments
     from batchcraft.registry import experiments
     from batchcraft.utils.progress import console
@@ -197,10 +222,14 @@ def reproduce(
         return
     from batchcraft.utils.io import check_writable_dir
 
+    folder = find_data_dir(data_dir)  # a --data-dir that does not exist is an error, up front
+    if not has_module("matplotlib"):  # every experiment plots; fail now, not after training
+        fail("reproduce draws plots: matplotlib is not installed; pip install 'batchcraft[plot]'")
     command = "batchcraft " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     check_writable_dir(out)  # before any experiment runs
+    console.print(f"real data: {folder or 'none found (synthetic stand-ins)'}", highlight=False)
     records = run_experiments(
-        names, quick=quick, out=out, seeds=seeds, force=force, command=command
+        names, quick=quick, out=out, seeds=seeds, force=force, command=command, data_dir=folder
     )  # an unknown name is a ValueError: one line from the error layer
     console.print(f"report: {out / 'summary.md'} and {out / 'index.html'}", highlight=False)
     if any(r.get("status") != "ok" for r in records.values()):

@@ -1,4 +1,4 @@
-"""A seeded heterogeneous stochastic block model: the embedded default dataset of RpHGNN (spec §8).
+"""A seeded heterogeneous stochastic block model: the embedded default dataset of RpHGNN.
 
 ``paper`` (target; ``C`` classes; pure-noise features), ``author`` (featureless, each with a home
 class) and ``venue`` (featureless, each biased to one class). Each paper links to

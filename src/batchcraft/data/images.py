@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 __all__ = [
     "FASHION_MNIST_APT_PACKAGE",
     "ImageSplit",
+    "fashion_mnist_candidates",
     "find_fashion_mnist",
     "hard_mixture",
     "load_digits_split",
@@ -115,22 +116,31 @@ def read_idx(path: str | os.PathLike[str]) -> Tensor:
     return data.reshape(shape).clone()
 
 
-def find_fashion_mnist() -> Path | None:
-    """The folder holding the four Fashion-MNIST IDX files, or ``None``.
+def fashion_mnist_candidates(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The folders searched for the Fashion-MNIST IDX files, in order.
 
-    Looks in ``$BATCHCRAFT_FASHION_MNIST``, ``<data dir>/fashion-mnist`` and the Debian package's
-    ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+    ``$BATCHCRAFT_FASHION_MNIST``, then ``<data dir>/fashion-mnist`` (the data dir is ``data_dir``,
+    a ``--data-dir`` option, else :func:`~batchcraft.data.paths.find_data_dir`'s search), then the
+    Debian package's ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+
+    Raises:
+        FileNotFoundError: ``data_dir`` is given but is not a folder.
     """
     from batchcraft.data.paths import find_data_dir
 
-    cands = [os.environ.get("BATCHCRAFT_FASHION_MNIST", "")]
-    data_dir = find_data_dir()
-    if data_dir is not None:
-        cands.append(str(data_dir / "fashion-mnist"))
-    cands += list(_FASHION_DIRS)
-    for c in cands:
-        if c and all(_idx_file(Path(c), f) is not None for pair in _FILES.values() for f in pair):
-            return Path(c)
+    env = os.environ.get("BATCHCRAFT_FASHION_MNIST", "")
+    cands = [Path(env)] if env else []
+    folder = find_data_dir(data_dir)
+    if folder is not None:
+        cands.append(folder / "fashion-mnist")
+    return cands + [Path(d) for d in _FASHION_DIRS]
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path | None:
+    """The first folder of :func:`fashion_mnist_candidates` holding all four IDX files, or ``None``."""
+    for c in fashion_mnist_candidates(data_dir):
+        if all(_idx_file(c, f) is not None for pair in _FILES.values() for f in pair):
+            return c
     return None
 
 
@@ -141,17 +151,26 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_mnist(root: str | os.PathLike[str] | None = None) -> ImageSplit:
+def load_fashion_mnist(
+    root: str | os.PathLike[str] | None = None, *, data_dir: str | os.PathLike[str] | None = None
+) -> ImageSplit:
     """Fashion-MNIST as ``[N, 1, 28, 28]`` float32 in [0, 1] and int64 labels.
 
+    Args:
+        root: the folder holding the IDX files; ``None`` searches :func:`fashion_mnist_candidates`.
+        data_dir: the data folder of that search (a ``--data-dir`` option).
+
     Raises:
-        FileNotFoundError: when the files are absent, naming the Debian package to install.
+        FileNotFoundError: when the files are absent, naming the folders tried and the Debian
+            package to install.
     """
-    folder = Path(root) if root is not None else find_fashion_mnist()
+    folder = Path(root) if root is not None else find_fashion_mnist(data_dir)
     if folder is None:
+        tried = ", ".join(str(c) for c in fashion_mnist_candidates(data_dir))
         raise FileNotFoundError(
-            "Fashion-MNIST IDX files not found; install them with "
-            f"`apt-get install {FASHION_MNIST_APT_PACKAGE}` or set $BATCHCRAFT_FASHION_MNIST"
+            f"Fashion-MNIST IDX files not found (tried {tried}); install them with "
+            f"`apt-get install {FASHION_MNIST_APT_PACKAGE}`, set $BATCHCRAFT_FASHION_MNIST, or "
+            "put them in <data dir>/fashion-mnist"
         )
     out: list[Tensor] = []
     for split in ("train", "test"):

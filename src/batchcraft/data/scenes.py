@@ -1,4 +1,4 @@
-"""Procedural 3D scenes for the novel-view-synthesis toy (spec ``lact.md`` §14), rendered in PyTorch.
+"""Procedural 3D scenes for the novel-view-synthesis toy (docs/nvs.md), rendered in PyTorch.
 
 A scene is 1-3 coloured objects (spheres, and axis-aligned boxes) inside the unit volume
 ``[-0.5, 0.5]^2 x [0, 1]`` standing on a checkered ground plane ``z = 0``, lit by one directional

@@ -118,7 +118,7 @@ def _eval_loss(model: nn.Module, xs: list[Tensor], ys: list[Tensor], loss_fn: An
 def _image_task(ctx: ExperimentContext) -> tuple[str, Any]:
     from batchcraft.data.images import find_fashion_mnist, load_digits_split, load_fashion_mnist
 
-    folder = find_fashion_mnist()
+    folder = find_fashion_mnist(ctx.data_dir)
     data = load_fashion_mnist(folder) if folder is not None else load_digits_split(seed=0)
     n_train, n_test = (12000, 1000) if ctx.quick else (len(data.y_train), len(data.y_test))
     xtr, ytr = data.x_train[:n_train], data.y_train[:n_train]

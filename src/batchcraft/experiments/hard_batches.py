@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,15 +56,18 @@ STANDARD = ("plain (δ=1)", "reshuffled loop")
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def load_split(name: str = "auto", *, quick: bool = True, seed: int = 0) -> ImageSplit:
+def load_split(
+    name: str = "auto", *, quick: bool = True, seed: int = 0, data_dir: Path | None = None
+) -> ImageSplit:
     """``fashion-mnist`` | ``digits`` | ``mixture`` | ``auto`` (Fashion-MNIST if installed, else digits).
 
     ``quick`` keeps 8000 training / 2000 test images of Fashion-MNIST, average-pooled to 14x14.
+    ``data_dir`` is where to look for ``fashion-mnist/`` first (a ``--data-dir`` option).
     """
     from batchcraft.data.images import load_digits_split, load_fashion_mnist
 
     if name == "auto":
-        name = "fashion-mnist" if find_fashion_mnist() is not None else "digits"
+        name = "fashion-mnist" if find_fashion_mnist(data_dir) is not None else "digits"
     if name == "digits":
         return load_digits_split(seed=seed)
     if name == "mixture":
@@ -72,7 +76,7 @@ def load_split(name: str = "auto", *, quick: bool = True, seed: int = 0) -> Imag
         raise ValueError(
             f"dataset must be 'auto', 'fashion-mnist', 'digits' or 'mixture', got {name!r}"
         )
-    s = load_fashion_mnist()
+    s = load_fashion_mnist(data_dir=data_dir)
     if quick:
         g = torch.Generator().manual_seed(seed)
         tr = torch.randperm(s.x_train.shape[0], generator=g)[:8000]
@@ -301,7 +305,7 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
 
 def _run(ctx: ExperimentContext, plt: Any) -> ExperimentResult:
     seeds = ctx.seeds if len(ctx.seeds) >= 3 else list(range(3))
-    split = load_split("auto", quick=ctx.quick, seed=0)
+    split = load_split("auto", quick=ctx.quick, seed=0, data_dir=ctx.data_dir)
     m = 64 if ctx.quick else 128
     b = split.x_train.shape[0] // m
     # quick: 375 steps whatever the data (3 "epochs" of Fashion-MNIST's b = 125); full: 20 epochs

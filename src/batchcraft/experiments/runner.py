@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 
+from batchcraft.data.paths import find_data_dir
 from batchcraft.experiments.base import ExperimentContext, ExperimentResult
 from batchcraft.experiments.report import write_report
 from batchcraft.registry import ExperimentSpec, experiments
@@ -44,12 +46,14 @@ def run_experiments(
     seeds: int = 1,
     force: bool = False,
     command: str = "",
+    data_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run experiments by name (all when ``names`` is empty), skipping finished ones.
 
     Each finished experiment writes ``out/<name>/result.json`` atomically, so an interrupted run
     resumes where it stopped. A failing experiment is recorded as failed (with its traceback)
-    and the others still run.
+    and the others still run. Every experiment gets ``data_dir`` as ``ctx.data_dir`` (default:
+    :func:`~batchcraft.data.paths.find_data_dir`'s search).
 
     Returns:
         The result records by name (including previously finished ones).
@@ -85,8 +89,9 @@ def run_experiments(
             continue
         console.print(f"[{i + 1}/{len(chosen)}] {spec.name}: {spec.claim}", highlight=False)
         ctx = ExperimentContext(
-            name=spec.name, quick=quick, out_dir=out / spec.name, seeds=seed_list, device=device
-        )
+            name=spec.name, quick=quick, out_dir=out / spec.name, seeds=seed_list, device=device,
+            data_dir=data_dir if data_dir is not None else find_data_dir(),
+        )  # fmt: skip
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         record: dict[str, Any] = {
@@ -109,7 +114,7 @@ def run_experiments(
                 error=f"{type(exc).__name__}: {exc}",
                 traceback=traceback.format_exc(),
             )
-            console.print(f"[red]{spec.name} failed: {exc}[/red]")
+            console.print(f"[red]{escape(f'{spec.name} failed: {exc}')}[/red]")
         record["seconds"] = time.time() - t0
         write_json(path, record)
         records[spec.name] = record

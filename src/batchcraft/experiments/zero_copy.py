@@ -10,7 +10,7 @@ than CPU gathering) cannot be tested: there is no GPU and no PCIe link. What is 
 * overlap, the paper's second technique: the pipelined loader (gather of batch t+1 while batch
   t trains) vs the sequential one, same batches;
 * exactness: per-batch training losses identical across all feature paths;
-* the 128-byte alignment model of our kernel vs flat / circular layouts (analytic, spec 2.3).
+* the 128-byte alignment model of our kernel vs flat / circular layouts (analytic).
 
 With CUDA the GPU paths (``naive`` CPU gather + copy, ``staged``, ``uva-triton``) are timed too
 and decide the verdict.
@@ -183,14 +183,14 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         Metric(
             "trainer wait for data hidden by the pipeline",
             hidden_pct,
-            paper="spec target: overlap hides >= 70% of gather time (GPU)",
+            paper="target: overlap hides >= 70% of gather time (GPU)",
             unit="%",
         ),
         Metric("max |loss difference| across feature paths", [max_dloss]),
         Metric(
             "128-B request efficiency gain at F=602 (row-aligned / flat, model)",
             [align_gain_602],
-            paper="circular shift: 0.89 vs 0.50 (spec table)",
+            paper="circular shift: 0.89 vs 0.50 (same model)",
             unit="x",
         ),
     ]

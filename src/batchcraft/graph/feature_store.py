@@ -1,6 +1,6 @@
 """A node-feature table kept in (pinned) host memory, gathered by row onto the compute device.
 
-:class:`PinnedFeatureStore` owns the host table for its whole life (spec section 2.1): it pins it
+:class:`PinnedFeatureStore` owns the host table for its whole life: it pins it
 once (in place with ``cudaHostRegister`` or by a pinned copy), picks one gather backend, and
 unpins exactly once on :meth:`close`. Backends:
 

@@ -4,8 +4,8 @@ The container :class:`~batchcraft.data.hetero_graph.HeteroGraph` (PyG vocabulary
 ``edge_index_dict``, ``num_nodes_dict``, ``metadata()``) lives in the data layer and is re-exported
 here.
 
-:func:`canonicalize_relations` turns the raw edge types into the relation set of the RpHGNN spec
-(§3.1): binarised edges, transposed pairs de-duplicated, same-type relations symmetrised, a reverse
+:func:`canonicalize_relations` turns the raw edge types into the relation set RpHGNN propagates
+over: binarised edges, transposed pairs de-duplicated, same-type relations symmetrised, a reverse
 ``(d, "rev_" + r, s)`` for every cross-type relation. :func:`mean_propagate` computes
 ``D⁻¹ A X`` (``A[dst, src] = 1``) chunked over destination rows; :func:`naive_mean_propagate` is its
 dense reference.
@@ -52,7 +52,7 @@ def _from_keys(keys: Tensor, num_src: int) -> Tensor:
 def canonicalize_relations(
     edge_index_dict: dict[EdgeType, Tensor], num_nodes_dict: dict[str, int]
 ) -> tuple[dict[EdgeType, Tensor], dict[str, tuple[EdgeType, EdgeType]]]:
-    """The RpHGNN relation set (spec §3.1).
+    """The RpHGNN relation set.
 
     1. edges binarised (duplicates removed); 2. of two edge types with exactly transposed edge
     sets the one whose ``(s, r, d)`` sorts first is kept; 3. same-type relations are symmetrised

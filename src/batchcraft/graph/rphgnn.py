@@ -1,4 +1,4 @@
-"""RpHGNN pre-computation: even-odd propagation squashed by sparse random projection (spec §3).
+"""RpHGNN pre-computation: even-odd propagation squashed by sparse random projection (maths: docs/rphgnn.md).
 
 For ``k = 0 … K-1`` every relation ``ρ`` incident to a node type ``t`` contributes one *odd* term
 (the 1-hop mean from the other end, ``Â_r X_s``) and one *even* term (the 2-hop return
@@ -8,8 +8,8 @@ type's terms are **squashed** into ``X_t⁽ᵏ⁺¹⁾ = Σ_h ν(h P_h)`` with f
 
 :func:`rphgnn_precompute` is the fast path (CSR mean aggregation chunked over rows, projections
 chunked over rows, groups written into pre-allocated fp16/bf16 tables);
-:func:`naive_rphgnn_precompute` is the dense, loop-based reference. Both draw random numbers in the
-spec's order (initial features by sorted type, then iteration, type, key), so with equal generators
+:func:`naive_rphgnn_precompute` is the dense, loop-based reference. Both draw random numbers in one
+fixed order (initial features by sorted type, then iteration, type, key), so with equal generators
 they agree to rounding.
 """
 
@@ -52,7 +52,7 @@ def random_projection(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """A random projection matrix ``P: [in_dim, out_dim]`` (spec §3.4; no ``1/√k`` factor).
+    """A random projection matrix ``P: [in_dim, out_dim]`` (no ``1/√k`` factor).
 
     ``"sparse"``: ``√s·ξ`` with ``ξ = ±1`` w.p. ``1/(2s)`` each, else 0 (Achlioptas / Li et al.);
     ``"gaussian"``: ``N(0, 2/(in+out))``; ``"gaussian_no_norm"``: ``N(0, 1)``.
@@ -90,7 +90,7 @@ def initial_features(
     dtype: torch.dtype,
     device: torch.device | str | None = None,
 ) -> dict[str, Tensor]:
-    """``X⁽⁰⁾`` (spec §3.2): own features where kept, else ``N(0, 1/e)`` drawn in sorted type order."""
+    """``X⁽⁰⁾``: own features where kept, else ``N(0, 1/e)`` drawn in sorted type order."""
     out: dict[str, Tensor] = {}
     for t in sorted(num_nodes_dict):
         x = x_dict.get(t)
@@ -191,7 +191,7 @@ def rphgnn_precompute(
     impl: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Tensor]:
-    """Collected RpHGNN groups for the target type (spec §3.3-3.5).
+    """Collected RpHGNN groups for the target type.
 
     Args:
         x_dict: ``{type: [N_t, F_t] or None}``; edge_index_dict: ``{(s, r, d): [2, E]}``;
@@ -305,7 +305,7 @@ def naive_rphgnn_precompute(
     """Dense reference of :func:`rphgnn_precompute`: explicit ``Â`` matrices, every term stored.
 
     Same arguments and outputs (without chunking); computes all ``H_t`` of an iteration first,
-    then collects and squashes, literally as in spec §3.3.
+    then collects and squashes, literally as the formulas read (docs/rphgnn.md).
     """
     _check_args(num_nodes_dict, target, num_iterations, kernel, even_odd, embedding_size)
     rels, raw = canonicalize_relations(edge_index_dict, num_nodes_dict)

@@ -1,4 +1,4 @@
-"""Pre-computation baselines in the same format as RpHGNN's groups (spec §5/§7).
+"""Pre-computation baselines in the same format as RpHGNN's groups.
 
 * :func:`relation_wise_precompute` (SeHGNN-style): one tensor per metapath of length ``<= K`` that
   ends at the target, mean aggregation along the path, no squashing: the number of tensors grows

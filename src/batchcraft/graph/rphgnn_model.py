@@ -1,4 +1,4 @@
-"""The RpHGNN encoder (spec §3.6), micro/macro-F1, and a mini-batch training loop with early stopping.
+"""The RpHGNN encoder, micro/macro-F1, and a mini-batch training loop with early stopping.
 
 The encoder consumes the pre-computed groups ``{j: Z_j [B, n_j, m_j]}``: per group a hop mixer
 (``U_j = W_j Z_j + c_j``, a kernel-1 Conv1d over the hop axis), a small MLP, a merge (concat or
@@ -47,7 +47,7 @@ def _block(in_dim: int, out_dim: int, p: float) -> list[nn.Module]:
 
 
 class RpHGNN(nn.Module):
-    """Per-group hop mixer + MLP, merge, output MLP (spec §3.6).
+    """Per-group hop mixer + MLP, merge, output MLP.
 
     Args:
         group_shapes: ``{key: (n_j, m_j)}`` (depth, width) of every group, in a fixed order.

@@ -36,7 +36,7 @@ MODELS: dict[str, type[GraphSAGE] | type[GCN]] = {"sage": GraphSAGE, "gcn": GCN}
 
 @dataclass(kw_only=True)
 class TrainSettings:
-    """One training run (defaults follow the spec: 2 layers, hidden 256, fan-outs 25,10)."""
+    """One training run (defaults: 2 layers, hidden 256, fan-outs 25,10)."""
 
     dataset: str = "powerlaw"  # cora | citeseer | powerlaw | planted
     model: str = "sage"  # sage | gcn

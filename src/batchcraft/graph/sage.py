@@ -1,4 +1,4 @@
-"""GraphSAGE (mean aggregator) over sampled subgraphs or whole graphs (spec section 2.6).
+"""GraphSAGE (mean aggregator) over sampled subgraphs or whole graphs.
 
 ``SAGEConv``: ``h'_v = W_l mean_{u -> v} h_u + b_l + W_r h_v`` (mean over in-edges; 0 without
 in-edges). ``GraphSAGE`` stacks L of them with ReLU + dropout in between. On a sampled subgraph

@@ -1,4 +1,4 @@
-"""Uniform neighbour sampling over an in-neighbour CSR, vectorised in pure PyTorch (spec 2.5).
+"""Uniform neighbour sampling over an in-neighbour CSR, vectorised in pure PyTorch.
 
 For seeds ``[B0]`` and fan-outs ``[f_1, ..., f_L]``, hop l draws for every frontier node ``v``
 ``min(f_l, deg v)`` distinct in-neighbours uniformly (all of them when ``f_l = -1`` or

@@ -84,7 +84,7 @@ class LaCTHFForCausalLM(PreTrainedModel, GenerationMixin):  # type: ignore[misc]
         self.post_init()  # HF bookkeeping; _init_weights below keeps our own init
 
     def _init_weights(self, module: torch.nn.Module) -> None:
-        """Weights are initialised by :class:`LaCTForCausalLM` itself (spec §7 init)."""
+        """Weights are initialised by :class:`LaCTForCausalLM` itself (its init)."""
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.lact.embed

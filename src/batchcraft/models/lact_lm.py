@@ -1,4 +1,4 @@
-"""LaCT causal language model with an O(1)-memory decode cache (spec §8).
+"""LaCT causal language model with an O(1)-memory decode cache.
 
 ``Embedding -> L x [RMSNorm -> LaCTLayer -> residual -> RMSNorm -> SwiGLU MLP -> residual]
 -> RMSNorm -> lm_head``. The same class builds the baselines: ``use_ttt=False`` gives the
@@ -167,7 +167,7 @@ class LaCTForCausalLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Slow weights N(0, init_std²); each LaCT layer then applies its own init (spec §7)."""
+        """Slow weights N(0, init_std²); each LaCT layer then applies its own init."""
         std = self.config.init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):

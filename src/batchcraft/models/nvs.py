@@ -1,4 +1,4 @@
-"""LaCT novel view synthesis toy (spec ``lact.md`` §8 ``LaCTNVS``) and its full-attention baseline.
+"""LaCT novel view synthesis toy (docs/nvs.md) and its full-attention baseline.
 
 Posed input views become one set of patch tokens (Plücker rays + RGB); target views become ray-only
 tokens. Each block is ``[per-view attention; set layer; MLP]`` (pre-LayerNorm, residual). The set

@@ -1,4 +1,4 @@
-"""Bidirectional LaCT layer for sets (spec §8): update on all input tokens, then apply.
+"""Bidirectional LaCT layer for sets: update on all input tokens, then apply.
 
 Used for novel view synthesis: the input views write the fast weights once
 (:meth:`BidirectionalLaCTLayer.reconstruct`), then any number of query tokens read them

@@ -1,7 +1,7 @@
 """LaCT layers: the causal LM hybrid (TTT + sliding-window attention) and the bidirectional set layer.
 
 The maths lives in :mod:`batchcraft.ops.lact`; these modules hold parameters, projections,
-reshapes and the decode cache (spec §7, §8). Shapes: ``x: [B, T, d]``; fast-weight heads ``H``
+reshapes and the decode cache (docs/lact_lm.md). Shapes: ``x: [B, T, d]``; fast-weight heads ``H``
 with head dim ``D = d / H`` and hidden width ``Dh = inter_multi * D``; attention heads ``Ha``
 with head dim ``Da = d / Ha``.
 """
@@ -255,7 +255,7 @@ class LaCTLayerOptions(LaCTOptions):
 class LaCTLayer(nn.Module):
     """Causal LaCT layer: TTT branch (fast SwiGLU weights per head) + sliding-window attention.
 
-    ``y = o_proj(o_swa + o_ttt)``; see spec §7. With ``use_ttt=False`` the layer is a plain
+    ``y = o_proj(o_swa + o_ttt)``. With ``use_ttt=False`` the layer is a plain
     attention layer: ``window_size=W`` gives the SWA-only baseline, ``window_size=None`` full
     causal attention. ``window_size=0`` disables attention (pure TTT ablation). With
     ``ttt_updates=False`` the fast weights never change: the TTT branch is the static SwiGLU

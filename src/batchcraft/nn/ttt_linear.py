@@ -1,7 +1,7 @@
 """Small-chunk TTT baseline layer: TTT-Linear (mini-batch 16) + the same sliding-window attention.
 
 The TTT branch of :class:`batchcraft.nn.LaCTLayer` is swapped for TTT-Linear with mini-batch
-gradient descent (Sun et al.; spec §9), so a comparison isolates the chunk size and state type.
+gradient descent (Sun et al.), so a comparison isolates the chunk size and state type.
 ``y = o_proj(o_swa + o_ttt)``; ``o_ttt = q + LN(W_t q + b_t)`` per head (q, k L2-normalised,
 token lr ``eta = base_lr * sigmoid(Linear(d, H)(x)) / D``). Training/evaluation only: no decode
 cache (use LaCT for constant-memory decoding).

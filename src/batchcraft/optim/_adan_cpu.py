@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from batchcraft.utils.io import cache_dir
+
 __all__ = ["CPU_KERNELS", "adan_cpu_update", "cpu_kernel_library", "has_compiler"]
 
 _CHUNK = 16384  # elements per work item: 64 KiB of each fp32 stream, many items per thread
@@ -169,14 +171,6 @@ DEFINE_ADAN(adan_f32_f16, float, _Float16, float, SAME, SAME, F16_LOAD, F16_STOR
 """
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("BATCHCRAFT_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "batchcraft"
-
-
 def _cpu_id() -> str:
     """What the compiled code depends on: the architecture and the CPU's instruction sets."""
     flags = ""
@@ -234,7 +228,7 @@ def cpu_kernel_library() -> ctypes.CDLL:
     key = hashlib.sha256(
         "\0".join([_SOURCE, str(_CHUNK), cc, version, _cpu_id()]).encode()
     ).hexdigest()[:20]
-    directory = _cache_dir() / "adan_cpu"
+    directory = cache_dir() / "adan_cpu"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:  # read-only home: build in a private temporary folder instead

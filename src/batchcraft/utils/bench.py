@@ -2,8 +2,8 @@
 
 Benchmarks report ratios measured side by side in one run, and fractions of a machine limit
 measured in the same run: :func:`matmul_peak_gflops` (batched fp32 matmul) and
-:func:`copy_bandwidth_gbs` (a large tensor copy). Results are written as JSON under
-``benchmarks/results/`` with :func:`write_result`.
+:func:`copy_bandwidth_gbs` (a large tensor copy). Results are written as JSON with
+:func:`write_result` into :func:`results_dir`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from batchcraft.utils.io import write_json
+from batchcraft.utils.io import cache_dir, write_json
 
 __all__ = [
     "Timing",
     "copy_bandwidth_gbs",
     "format_table",
+    "is_checkout",
     "machine_description",
     "matmul_peak_gflops",
     "print_table",
@@ -118,9 +119,28 @@ def copy_bandwidth_gbs(
     return 2.0 * numel * 4 / t["min_s"] / 1e9
 
 
+RESULTS_ENV = "BATCHCRAFT_RESULTS"
+
+
+def is_checkout(folder: Path) -> bool:
+    """Whether ``folder`` is the root of a batchcraft source checkout."""
+    return (folder / "pyproject.toml").is_file() and (folder / "src" / "batchcraft").is_dir()
+
+
 def results_dir() -> Path:
-    """``$BATCHCRAFT_RESULTS`` or ``benchmarks/results`` under the current directory."""
-    return Path(os.environ.get("BATCHCRAFT_RESULTS", "benchmarks/results"))
+    """Where benchmark JSON results go.
+
+    ``$BATCHCRAFT_RESULTS`` (``batchcraft bench --out DIR`` sets it); else ``benchmarks/results``
+    when the current folder is a batchcraft checkout; else ``bench-results`` in the user cache
+    folder (:func:`batchcraft.utils.io.cache_dir`), so a run from any other folder leaves it
+    untouched.
+    """
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env)
+    if is_checkout(Path.cwd()):
+        return Path("benchmarks") / "results"
+    return cache_dir() / "bench-results"
 
 
 def machine_description() -> dict[str, Any]:
@@ -147,7 +167,7 @@ def machine_description() -> dict[str, Any]:
 
 
 def write_result(name: str, data: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` atomically, adding the machine description."""
+    """Write ``<results_dir()>/<name>.json`` atomically, adding the machine description."""
     payload = {"benchmark": name, "machine": machine_description(), "time": time.time(), **data}
     return write_json(results_dir() / f"{name}.json", payload)
 

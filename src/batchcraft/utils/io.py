@@ -26,6 +26,7 @@ import torch
 __all__ = [
     "CheckpointError",
     "atomic_write",
+    "cache_dir",
     "check_writable_dir",
     "commit_dir",
     "decode_tree",
@@ -81,6 +82,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def cache_dir() -> Path:
+    """batchcraft's per-user cache folder (not created here).
+
+    ``$BATCHCRAFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/batchcraft``, else ``~/.cache/batchcraft``.
+    """
+    root = os.environ.get("BATCHCRAFT_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "batchcraft"
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Pure-torch model of the aligned gather kernel's address arithmetic (spec section 2.2-2.3).
+"""Pure-torch model of the aligned gather kernel's address arithmetic (docs/zero_copy.md).
 
 A 32-lane group (one warp) issues one PCIe read request per distinct 128-byte segment it touches in
 one load instruction; efficiency = useful bytes / (requests * 128). These functions replay the lane

@@ -1,6 +1,6 @@
 """Staged gather: multi-threaded CPU gather into a pinned staging buffer, then an async copy.
 
-This is the conventional data path done well (spec section 2.4): the CPU gathers the requested
+This is the conventional data path done well: the CPU gathers the requested
 rows with ``torch.index_select(..., out=staging)`` (intra-op threads) into one of two staging
 buffers, and the buffer is copied to the device with ``non_blocking=True`` on a side stream. A
 buffer is reused only after the event recorded behind its copy has completed, so gathering batch

@@ -1,4 +1,4 @@
-"""Aligned zero-copy row gather in Triton (``uva-triton``; spec section 2.2). Imported lazily.
+"""Aligned zero-copy row gather in Triton (``uva-triton``). Imported lazily.
 
 GPU threads read the requested rows straight out of a pinned, device-addressable host table. Each
 program of a bounded, persistent grid walks over output rows; for source row ``i`` starting at byte

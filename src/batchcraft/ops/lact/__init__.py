@@ -1,4 +1,4 @@
-"""LaCT: Large-Chunk Test-Time Training as a pure tensor op (spec ``lact.md`` §2-§6, §11).
+"""LaCT: Large-Chunk Test-Time Training as a pure tensor op (maths: docs/lact_op.md).
 
 The state is a per-head SwiGLU (or linear) network trained inside the forward pass: once per
 chunk the fast weights take one descent step on an lr-weighted negative dot-product loss between

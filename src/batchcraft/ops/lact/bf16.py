@@ -1,4 +1,4 @@
-"""Mixed-precision LaCT: fp32 fast weights and learning rates, bf16 matmuls (spec §4, issue 11).
+"""Mixed-precision LaCT: fp32 fast weights and learning rates, bf16 matmuls (issue 11).
 
 The op runs with every tensor in an fp32 container under ``torch.autocast(dtype=bf16)``:
 

@@ -1,4 +1,4 @@
-"""The generic schedule executor shared by the fast paths (spec §5, §6).
+"""The generic schedule executor shared by the fast paths.
 
 An implementation is a :class:`Backend`: it knows its tensor layout and provides ``apply``
 (``f_W(q)``) and ``grad`` (``-grad L`` of one range); it may override :meth:`Backend.chunks`
@@ -117,7 +117,7 @@ def run_causal(
     beta: Tensor | None,
     C: int,
 ) -> Tensor:
-    """Causal step on new tokens continuing from ``run`` (spec §6); returns outputs [.., T, ..]."""
+    """Causal step on new tokens continuing from ``run``; returns outputs [.., T, ..]."""
     T = q.shape[1]
     outs: list[Tensor] = []
     i = 0
@@ -166,7 +166,7 @@ def run_schedule(
     beta: Tensor | None,
     ops: Sequence[TTTOp],
 ) -> Tensor:
-    """Execute an explicit op list; tokens never applied get zeros (spec §5)."""
+    """Execute an explicit op list; tokens never applied get zeros."""
     o = torch.zeros_like(q)
     for op in ops:
         s, e = op.start, op.end

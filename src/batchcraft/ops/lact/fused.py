@@ -1,7 +1,7 @@
 """The causal chunk loop of the fast path as one autograd node with a hand-written backward.
 
 Autograd through the eager chunk step records ~45 small nodes per chunk and runs twice as many
-kernels in backward as the maths needs. :class:`FusedChunks` runs the same maths (spec §3, §4)
+kernels in backward as the maths needs. :class:`FusedChunks` runs the same maths
 with gate and up stacked (``Wgu = [Wg; Wu]`` [N, 2Dh, D]). The update of chunk j needs only its
 keys and values, four ``bmm``::
 

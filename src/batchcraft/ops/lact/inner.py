@@ -1,4 +1,4 @@
-"""The fast-weight network and its closed-form inner gradient (spec §3).
+"""The fast-weight network and its closed-form inner gradient (maths: docs/lact_op.md).
 
 Two layouts:
 
@@ -126,7 +126,7 @@ def lact_inner_grad(
     *,
     loss: str = "neg_dot",
 ) -> FastWeights:
-    """Closed-form update ``Delta_m = -dL_m/dW_m`` of one range of tokens (spec §3).
+    """Closed-form update ``Delta_m = -dL_m/dW_m`` of one range of tokens.
 
     Args:
         weights: gate/up [B, H, Dh, D], down [B, H, D, Dh] (linear: down [B, H, D, D]).

@@ -1,4 +1,4 @@
-"""The elementwise parts of the LaCT layer around the op, each one autograd node (spec §7).
+"""The elementwise parts of the LaCT layer around the op, each one autograd node.
 
 :func:`ttt_qk_prep`: the fast-weight queries and keys at once (``x: [B, T, 2, d]``, q then k,
 e.g. a view of the qkv projection)::

@@ -1,4 +1,4 @@
-"""Newton-Schulz orthogonalisation for Muon-style fast-weight updates (spec §4).
+"""Newton-Schulz orthogonalisation for Muon-style fast-weight updates.
 
 ``NS(G)`` maps every singular value of ``G`` towards 1 while keeping its singular vectors
 (each step is an odd matrix polynomial). It runs in the input dtype (fp32/fp64 in the reference

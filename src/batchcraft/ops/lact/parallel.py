@@ -1,7 +1,7 @@
 """Chunk-parallel LaCT: one chunk's tokens split across the ranks of a process group.
 
 The inner gradient of an update is a sum over the chunk's tokens, every term evaluated at the
-same weights (spec §3)::
+same weights::
 
     Delta_m = sum_t Delta_m(t) = sum_r (sum_{t on rank r} Delta_m(t))
 

@@ -1,5 +1,5 @@
-"""Timing of the LaCT op shared by ``benchmarks/bench_lact.py`` and the ``lact-utilization`` experiment,
-and the per-component profile of a training step (``batchcraft bench lact-train --profile``).
+"""Timing of the LaCT op shared by ``batchcraft.benchmarks.bench_lact`` and the ``lact-utilization``
+experiment, and the per-component profile of a training step (``batchcraft bench lact-train --profile``).
 
 Throughput counts ``18*D*Dh`` FLOPs per token per head for the forward pass (§3; Muon added when
 on), ``3x`` that for forward+backward, and is reported as a fraction of this machine's batched

@@ -1,4 +1,4 @@
-"""Schedules: which token ranges update the fast weights and which read them (spec §5).
+"""Schedules: which token ranges update the fast weights and which read them.
 
 A schedule is a list of :class:`TTTOp` executed in order by one generic executor:
 
@@ -46,7 +46,7 @@ def causal_schedule(T: int, C: int) -> list[TTTOp]:
 
     Token ``t``'s output depends only on chunks strictly before its own chunk (plus ``q_t``).
     The update of the last complete chunk is included: it changes no output but the returned
-    state then absorbs every complete chunk (spec §6).
+    state then absorbs every complete chunk.
     """
     if T < 0 or C < 1:
         raise ValueError(f"causal_schedule needs T >= 0 and C >= 1, got T={T}, C={C}")
@@ -66,7 +66,7 @@ def bidirectional_schedule(n_update: int, T: int) -> list[TTTOp]:
 
 
 def strided_schedule(boundaries: Sequence[int]) -> list[TTTOp]:
-    """AR-video schedule over alternating noisy / clean chunks (spec §5).
+    """AR-video schedule over alternating noisy / clean chunks.
 
     ``boundaries = [0, b1, b2, ...]`` split the sequence into chunks
     ``noisy_0, clean_0, noisy_1, clean_1, ...`` (chunk ``i`` is ``[b_i, b_{i+1})``). The first noisy

@@ -1,4 +1,4 @@
-"""Fast weights and the streaming state of the LaCT op (spec §2, §6).
+"""Fast weights and the streaming state of the LaCT op.
 
 Fast weights are stored **out x in** and applied as ``W @ x``:
 
@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["NORM_EPS", "FastWeights", "LaCTState", "map_weights", "renorm", "row_norms"]
 
-NORM_EPS = 1e-5  # renorm(X) = X / (||X||_row + NORM_EPS) * rho  (eps outside the sqrt, spec §10.5)
+NORM_EPS = 1e-5  # renorm(X) = X / (||X||_row + NORM_EPS) * rho  (eps outside the sqrt)
 
 
 class FastWeights(NamedTuple):
@@ -63,7 +63,7 @@ def _opt_w(fn: Callable[[Tensor], Tensor], w: FastWeights | None) -> FastWeights
 
 @dataclass
 class LaCTState:
-    """Streaming state of the causal LaCT op (spec §6).
+    """Streaming state of the causal LaCT op.
 
     Attributes:
         weights: committed fast weights used by ``apply`` (post-norm / no norm: the weights;

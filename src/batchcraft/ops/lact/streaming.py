@@ -1,7 +1,7 @@
-"""Streaming bidirectional update: one LaCT update over N tokens in bounded memory (spec §5, §8).
+"""Streaming bidirectional update: one LaCT update over N tokens in bounded memory.
 
 The bidirectional schedule performs ONE update over all ``N`` tokens of a set. Its descent
-direction is a sum over tokens (spec §3; every term is evaluated at the same ``W0``)::
+direction is a sum over tokens (every term is evaluated at the same ``W0``)::
 
     Delta_m = sum_t Delta_m(t)      e.g.  Delta_d = sum_t E_t^T (ld_t * Hk_t)
 

@@ -6,7 +6,7 @@ copy); weights contiguous ``gate, up: [N, Dh, D]``, ``down: [N, D, Dh]``, fp32.
 
 * :func:`swiglu_apply` — ``o = (silu(X Wg^T) * (X Wu^T)) Wd^T`` in one kernel, the [S, Dh]
   hidden activations never leave registers (loop over Dh blocks).
-* :func:`inner_grad` — the three inner-gradient products of spec §3 with the lr row scalings
+* :func:`inner_grad` — the three inner-gradient products of the closed-form update with the lr row scalings
   as epilogues of the elementwise tile maths, one kernel per (n, Dh block), loop over S.
 * :func:`fused_update` — heavy-ball momentum + add + row renormalisation in one pass over
   each row (post-norm, pre-norm or no norm); Muon's Newton-Schulz stays in PyTorch.

@@ -1,4 +1,4 @@
-"""One fast-weight update given the raw descent direction (spec §4).
+"""One fast-weight update given the raw descent direction.
 
 Shared by the fast paths (the reference writes its own; the rule is layout-agnostic: elementwise maths, row
 norms over the last axis, Newton-Schulz over the last two axes)::

@@ -1,4 +1,4 @@
-"""LayerNorm / RMSNorm ops with a reference, torch native and Triton paths (spec layernorm.md).
+"""LayerNorm / RMSNorm ops with a reference, torch native and Triton paths (docs/layernorm.md).
 
 ``impl`` selects the path: ``"naive"`` (the formula, :mod:`.naive`), ``"torch"``
 (``F.layer_norm`` / ``F.rms_norm``), ``"triton"`` (:mod:`.triton`, own forward and backward

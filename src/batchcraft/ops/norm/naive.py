@@ -1,4 +1,4 @@
-"""Reference LayerNorm / RMSNorm written from the formula (spec layernorm.md §2).
+"""Reference LayerNorm / RMSNorm written from the formula (docs/layernorm.md).
 
 Statistics are computed in fp32 (fp64 when the input is fp64); the output keeps the input dtype.
 These are the ground truth every fast path is tested against.

@@ -1,4 +1,4 @@
-"""Layer-normalised LSTM / GRU ops (one layer, one direction, time-major), spec layernorm.md §2.
+"""Layer-normalised LSTM / GRU ops (one layer, one direction, time-major) (maths: docs/layernorm.md).
 
 ``impl`` selects the path: ``"naive"`` (per-step reference), ``"hoisted"`` (input path hoisted out
 of the loop, autograd through the loop), ``"fused"`` (LN-LSTM / LN-GRU, paper variant: hoisted input

@@ -1,4 +1,4 @@
-"""The normalised-gate maths shared by LN-LSTM and LN-GRU (spec layernorm.md §2).
+"""The normalised-gate maths shared by LN-LSTM and LN-GRU (maths: docs/layernorm.md).
 
 Both the per-step reference (:mod:`.naive`) and the hoisted fast path (:mod:`.hoisted`) call
 these functions, so the equations live in one place; they differ only in *where* the input path

@@ -1,4 +1,4 @@
-"""TTT-Linear with mini-batch inner steps: the small-chunk baseline of LaCT (spec §9).
+"""TTT-Linear with mini-batch inner steps: the small-chunk baseline of LaCT.
 
 ``ttt_linear_minibatch(q, k, v, eta, w0, b0, gamma, beta, mini_batch=16, impl="auto")`` returns
 ``(o [B, T, H, D], (W, b))``; ``impl="naive"`` is the primal per-token loop with autograd inner

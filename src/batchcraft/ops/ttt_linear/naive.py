@@ -1,6 +1,6 @@
 """Reference TTT-Linear with mini-batch gradient descent (primal form, per-token loop).
 
-Sun et al., "Learning to (Learn at Test Time)", the small-chunk baseline of LaCT (spec §9).
+Sun et al., "Learning to (Learn at Test Time)", the small-chunk baseline of LaCT.
 Per head: ``f(x) = W x + b`` with ``W [D, D]``; inner loss
 ``l_t(W, b) = ||LN(W k_t + b) - (v_t - k_t)||^2`` (per-head LayerNorm with ``gamma``, ``beta``).
 Inside a mini-batch every token uses the gradients taken at the mini-batch start:

@@ -11,7 +11,7 @@ Correctness gate first: golden case A (the official implementation's fp64 trajec
 ``tests/optim/test_adan.py``) on every Adan provider, then our paths agree with the
 single-tensor reference on the benchmark's own first parameter set.
 
-    python benchmarks/bench_adan.py [--quick]      # or: batchcraft bench adan
+    python -m batchcraft.benchmarks.bench_adan [--quick]      # or: batchcraft bench adan
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Correctness gate first: the fast path and the reference loop train the same batc
 parameters, and ``select_hard`` equals the Python top-K on tied scores.
 
 Run: ``batchcraft bench hard-batches`` (``--quick`` for a fast look) or
-``python benchmarks/bench_hard_batches.py``.
+``python -m batchcraft.benchmarks.bench_hard_batches``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _main(quick: bool) -> dict[str, Any]:
         })  # fmt: skip
 
     # Selection overhead per step, as % of one training step of the experiment's CNN.
-    from batchcraft.experiments.hard_batches import SmallResNet
+    from batchcraft.models.small import SmallResNet
 
     model = SmallResNet(width=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

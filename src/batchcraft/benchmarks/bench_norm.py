@@ -1,7 +1,7 @@
 """Benchmarks ``norm`` (LayerNorm/RMSNorm GB/s vs copy bandwidth) and ``lnlstm`` (LN-LSTM/GRU vs nn.LSTM/GRU).
 
 Run: ``batchcraft bench norm`` / ``batchcraft bench lnlstm`` (add ``--quick``), or
-``python benchmarks/bench_norm.py [--quick]``. Every provider is first checked against the
+``python -m batchcraft.benchmarks.bench_norm [--quick]``. Every provider is first checked against the
 reference on the benchmark's own inputs; then providers are timed side by side in one run.
 """
 

@@ -9,7 +9,8 @@
   and backward, attention, MLP, norms, loss, optimizer), for LaCT, SWA and full attention.
 
 Run: ``batchcraft bench lact-decode lact-train`` (``--quick`` for a fast look,
-``batchcraft bench lact-train --profile``) or ``python benchmarks/bench_lact_lm.py [--profile]``.
+``batchcraft bench lact-train --profile``) or
+``python -m batchcraft.benchmarks.bench_lact_lm [--profile]``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark ``lact-scale``: sharded training memory and chunk-parallel LaCT, on CPU ranks (gloo).
 
 Run: ``batchcraft bench lact-scale`` (``--quick``: tiny preset only, 16K tokens) or
-``python benchmarks/bench_lact_scale.py [--quick]``. The ranks are ``torchrun`` processes
+``python -m batchcraft.benchmarks.bench_lact_scale [--quick]``. The ranks are ``torchrun`` processes
 launched by this script (``--worker`` modes below), CPU and gloo, so every figure is a CPU figure.
 
 1. **Per-rank memory, fsdp vs ddp at 2 ranks** (tiny and small presets, AdamW, one sequence of
@@ -79,14 +79,15 @@ def _launch(world: int, args: list[str], threads: int) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = str(Path(__file__).resolve())
+    module = "batchcraft.benchmarks.bench_lact_scale"  # run as a module: works from a wheel too
     if world == 1:
-        cmd = [sys.executable, script, "--worker", *args]
+        cmd = [sys.executable, "-m", module, "--worker", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-               "--master-port", str(port), script, "--worker", *args]  # fmt: skip
+               "--master-port", str(port), "-m", module, "--worker", *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    # the ranks import this same copy of batchcraft (the folder that holds the package)
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if res.returncode != 0:
@@ -185,7 +186,7 @@ def _worker_cp(out: Path, n_total: int) -> None:
     with _PeakRSS() as rss:
         t0 = time.perf_counter()
         with saved.saved_by_autograd():
-            o = _bidir(*leaves[:4], leaves[4:], group)
+            o = _bidir(*leaves[:4], leaves[4:], group)  # type: ignore[call-arg]  # 4 + w0 + group
         o.square().sum().backward()
         t_fb = time.perf_counter() - t0
     res = {
@@ -290,7 +291,7 @@ def _cp_rows(tmp: Path, n: int, repeats: int) -> tuple[list[dict[str, Any]], flo
     description="per-rank memory fsdp vs ddp (2 ranks); chunk-parallel 64K-token update, 2 vs 1",
 )
 def main(quick: bool = False) -> dict[str, Any]:
-    """Run both parts on CPU gloo ranks; print the tables, write benchmarks/results/lact-scale.json."""
+    """Run both parts on CPU gloo ranks; print the tables, write lact-scale.json (results_dir())."""
     presets = ["tiny"] if quick else list(PRESETS_FULL)
     n = 2**14 if quick else 2**16
     with tempfile.TemporaryDirectory() as d:

@@ -1,6 +1,6 @@
 """Benchmark ``lact-op``: the LaCT core op over chunk sizes, reference vs fast path vs causal SDPA.
 
-Run: ``batchcraft bench lact-op`` (add ``--quick``) or ``python benchmarks/bench_lact.py [--quick]``.
+Run: ``batchcraft bench lact-op`` (add ``--quick``) or ``python -m batchcraft.benchmarks.bench_lact [--quick]``.
 
 Correctness gate first (fast path == reference in fp64 on outputs, all input gradients and the final
 state, at a small size). Then, in one run, at T = 16K tokens, fp32: ``chunk_lact`` and ``naive_lact``

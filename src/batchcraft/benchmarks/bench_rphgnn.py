@@ -8,9 +8,9 @@ iteration, stored bytes, peak RSS growth (Linux ``VmHWM`` after a reset), the pr
 as a fraction of this machine's batched-matmul peak measured in the same run, and the ratio to the
 smallest setting, which stays ~1 (per unit of K or of edges) when growth is linear.
 
-Run: ``batchcraft bench rphgnn-scaling`` (or ``python benchmarks/bench_rphgnn.py [--quick]``).
+Run: ``batchcraft bench rphgnn-scaling`` (or ``python -m batchcraft.benchmarks.bench_rphgnn [--quick]``).
 
-``batchcraft bench rphgnn-methods`` (``python benchmarks/bench_rphgnn.py --methods [--quick]``):
+``batchcraft bench rphgnn-methods`` (``python -m batchcraft.benchmarks.bench_rphgnn --methods [--quick]``):
 RpHGNN vs SeHGNN with its transformer-style semantic fusion (and the plain relation-wise
 baseline) on ACM when the data folder has it (else the heterogeneous SBM), with the dataset's
 preset (SeHGNN on ACM with metapaths of up to 4 hops, as in its published runs, and also with 2).

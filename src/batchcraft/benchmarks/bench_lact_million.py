@@ -1,7 +1,7 @@
 """Benchmark ``lact-million``: one bidirectional LaCT op over N = 2^14 .. 2^20 tokens on CPU.
 
 Run: ``batchcraft bench lact-million`` (add ``--quick``: N up to 2^17) or
-``python benchmarks/bench_lact_million.py [--quick]``.
+``python -m batchcraft.benchmarks.bench_lact_million [--quick]``.
 
 Correctness gate first: the streaming update (inner gradient accumulated chunk by chunk, Muon and
 the row renorm once on the sum) equals the one-shot ``lact(..., schedule="bidirectional")`` in
