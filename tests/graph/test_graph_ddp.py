@@ -24,12 +24,13 @@ SCRIPT = textwrap.dedent(
     from batchcraft.data.graphs import planted_partition
     from batchcraft.graph import GraphSAGE, csr_from_edge_index
     from batchcraft.graph.loader import NeighborLoader
-    from batchcraft.graph.run import TrainSettings, run_training
-    from batchcraft.graph.train import evaluate, fit, init_distributed
+    from batchcraft.recipes.dist import init_distributed
+    from batchcraft.recipes.sage import SageTrainSettings, evaluate, fit, run_training
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
-    rank, world = init_distributed()
+    d = init_distributed("cpu")
+    rank, world = d.rank, d.world_size
     assert world == 2
     data = planted_partition(num_blocks=3, block_size=60, seed=0)
     graph = csr_from_edge_index(data.edge_index, data.num_nodes)
@@ -48,10 +49,10 @@ SCRIPT = textwrap.dedent(
     val = NeighborLoader(graph, data.x, data.y, [4, 3], batch_size=32, input_nodes=data.val_idx,
                          shuffle=False, generator=torch.Generator().manual_seed(5), prefetch=0)
     hist = fit(model, loader, epochs=2, eval_fn=lambda: {"val_acc": evaluate(model, val)},
-               checkpoint=out / f"ckpt{rank}.pt")
+               out_dir=out / "fit")
     torch.save(model.state_dict(), out / f"rank{rank}.pt")
-    s = TrainSettings(dataset="planted", fanouts=[4, 3], batch_size=64, epochs=1, hidden=8,
-                      seed=0)
+    s = SageTrainSettings(dataset="planted", fanouts=(4, 3), batch_size=64, epochs=1, hidden=8,
+                          seed=0)
     h2 = run_training(s, out_dir=out / "run")
     (out / f"rank{rank}.json").write_text(json.dumps(
         {"seeds": seen, "history": hist, "run_history": h2}))
@@ -85,7 +86,8 @@ def test_torchrun_two_cpu_ranks(tmp_path: Path) -> None:
     assert r0["seeds"][0] != r0["seeds"][per_epoch]  # reshuffled per epoch
     for key in ("loss", "train_acc", "val_acc"):  # epoch figures identical on both ranks
         assert [h[key] for h in r0["history"]] == [h[key] for h in r1["history"]]
-    assert (tmp_path / "ckpt0.pt").exists() and not (tmp_path / "ckpt1.pt").exists()
+    ckpt = json.loads((tmp_path / "fit" / "checkpoint" / "manifest.json").read_text())
+    assert ckpt["step"] == 2 and ckpt["settings"]["train"]["world_size"] == 2  # rank 0 wrote
     assert r0["run_history"][0]["val_acc"] == r1["run_history"][0]["val_acc"]
     saved = json.loads((tmp_path / "run" / "history.json").read_text())
     assert saved["settings"]["world_size"] == 2

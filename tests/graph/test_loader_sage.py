@@ -13,7 +13,7 @@ from batchcraft.graph import (
     SAGEConv,
     csr_from_edge_index,
 )
-from batchcraft.graph.train import evaluate, fit, train_epoch
+from batchcraft.recipes.sage import evaluate, train_epoch
 
 
 @pytest.fixture(scope="module")
@@ -165,29 +165,6 @@ def test_graphsage_learns_planted_partition() -> None:
         if accs[-1] >= 0.90:
             break
     assert accs[-1] >= 0.90, accs
-
-
-def test_fit_checkpoint_resume(small, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    d, g = small
-
-    def make():  # type: ignore[no-untyped-def]
-        torch.manual_seed(0)
-        model = GraphSAGE(12, 8, 3, dropout=0.0)
-        loader = NeighborLoader(
-            g, d.x, d.y, [3, 2], batch_size=100, generator=torch.Generator().manual_seed(1)
-        )
-        return model, loader
-
-    m1, l1 = make()
-    full = fit(m1, l1, epochs=3)
-    ck = tmp_path / "ck.pt"
-    m2, l2 = make()
-    fit(m2, l2, epochs=2, checkpoint=ck)
-    m3, l3 = make()
-    resumed = fit(m3, l3, epochs=3, checkpoint=ck, resume=True)
-    assert len(resumed) == 3 and resumed[2]["loss"] == pytest.approx(full[2]["loss"], rel=1e-6)
-    for a, b in zip(m1.state_dict().values(), m3.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.data

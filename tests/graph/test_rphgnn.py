@@ -358,7 +358,7 @@ def sbm():
 
 
 def _fit(data, method, K):
-    from batchcraft.graph.rphgnn_pipeline import PRESETS, fit_node_classifier
+    from batchcraft.recipes.rphgnn import PRESETS, fit_node_classifier
 
     cfg = dataclasses.replace(PRESETS["hetero-sbm"], num_iterations=K, epochs=80, patience=20)
     return fit_node_classifier(data, method=method, config=cfg, seed=0)
@@ -419,7 +419,7 @@ def test_baseline_groups_shapes_and_relation_wise_first_hop():
 
 def test_training_through_the_pinned_feature_store_matches_plain_tensors(sbm):
     pytest.importorskip("batchcraft.graph.feature_store")
-    from batchcraft.graph.rphgnn_pipeline import PRESETS, fit_node_classifier, precompute_groups
+    from batchcraft.recipes.rphgnn import PRESETS, fit_node_classifier, precompute_groups
 
     cfg = dataclasses.replace(PRESETS["hetero-sbm"], num_iterations=2, epochs=5, patience=5)
     groups = precompute_groups(sbm, "rphgnn", cfg, generator=torch.Generator().manual_seed(0))
@@ -454,13 +454,15 @@ def test_linear_layers_use_xavier_normal_weights_and_zero_bias():
 
 def _frozen_training(patience: int, val_every: int, epochs: int = 40) -> dict:
     """lr = 0: validation never improves after the first evaluation."""
-    from batchcraft.graph.rphgnn_model import TrainConfig, train_node_classifier
+    from batchcraft.recipes.rphgnn import RpHGNNTrainSettings, train_node_classifier
 
     g = torch.Generator().manual_seed(0)
     groups = {"g": torch.randn(60, 2, 5, generator=g)}
     y = torch.randint(0, 3, (60,), generator=g)
     model = RpHGNN({"g": (2, 5)}, 8, 3, input_dropout=0.0, dropout=0.0)
-    cfg = TrainConfig(lr=0.0, epochs=epochs, patience=patience, batch_size=16, val_every=val_every)
+    cfg = RpHGNNTrainSettings(
+        lr=0.0, epochs=epochs, patience=patience, batch_size=16, val_every=val_every
+    )
     return train_node_classifier(
         model, groups, y, torch.arange(40), torch.arange(40, 50), torch.arange(50, 60),
         config=cfg, generator=torch.Generator().manual_seed(1),
@@ -498,7 +500,7 @@ def test_early_stopping_fires_when_since_exceeds_patience(patience, val_every, s
     ],
 )
 def test_config_validation(field, value, match):
-    from batchcraft.graph.rphgnn_pipeline import PRESETS, RpHGNNConfig
+    from batchcraft.recipes.rphgnn import PRESETS, RpHGNNConfig
 
     with pytest.raises(ValueError, match=match):
         RpHGNNConfig(**{field: value})
@@ -508,7 +510,7 @@ def test_config_validation(field, value, match):
 
 def test_train_config_and_library_validation():
     from batchcraft.graph.rphgnn_baselines import nars_precompute
-    from batchcraft.graph.rphgnn_model import TrainConfig
+    from batchcraft.recipes.rphgnn import RpHGNNTrainSettings
 
     for kw, match in [
         ({"epochs": 0}, "epochs"), ({"patience": -2}, "patience"), ({"lr": -1.0}, "lr"),
@@ -516,7 +518,7 @@ def test_train_config_and_library_validation():
         ({"stop_on": "acc"}, "stop_on"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
-            TrainConfig(**kw)
+            RpHGNNTrainSettings(**kw)
     with pytest.raises(ValueError, match="hidden_channels"):
         RpHGNN({"a": (1, 2)}, 0, 2)
     with pytest.raises(ValueError, match="group_shapes"):

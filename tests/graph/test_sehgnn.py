@@ -66,7 +66,7 @@ def test_gate_starts_closed_and_shapes():
 
 def test_sehgnn_method_learns_the_sbm():
     from batchcraft.data.hetero_sbm import hetero_sbm
-    from batchcraft.graph.rphgnn_pipeline import PRESETS, fit_node_classifier
+    from batchcraft.recipes.rphgnn import PRESETS, fit_node_classifier
 
     data = hetero_sbm(num_papers=800, num_authors=400, generator=torch.Generator().manual_seed(0))
     cfg = dataclasses.replace(PRESETS["hetero-sbm"], epochs=60, patience=15)

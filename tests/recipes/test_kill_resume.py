@@ -80,3 +80,26 @@ def test_hard_batches_kill9_resume_is_bit_identical(tmp_path):
     b = load_checkpoint(tmp_path / "k" / "checkpoint" / "state.safetensors")
     assert a["log"]["batch_ids"] == b["log"]["batch_ids"]
     assert all(bool((a["model"][k] == b["model"][k]).all()) for k in a["model"])
+
+
+def test_graph_train_kill9_resume_is_bit_identical(tmp_path):
+    from batchcraft.utils.io import load_checkpoint
+
+    def args(out):
+        return ["graph", "train", "--dataset", "powerlaw", "--num-nodes", "600", "--num-features",
+                "8", "--fanouts", "4,3", "--batch-size", "64", "--hidden", "16", "--epochs", "12",
+                "--out", str(out)]  # fmt: skip
+
+    _run(args(tmp_path / "ref"))
+    run_killed_then_resumed(
+        args(tmp_path / "k"), tmp_path / "k" / "checkpoint" / "manifest.json",
+        reached=lambda m: _step(m) >= 3, seed=7,
+    )  # fmt: skip
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint" / "state.safetensors")
+    b = load_checkpoint(tmp_path / "k" / "checkpoint" / "state.safetensors")
+    assert a["epoch"] == b["epoch"] == 12
+    assert all(bool((a["model"][k] == b["model"][k]).all()) for k in a["model"])
+    ha = json.loads((tmp_path / "ref" / "history.json").read_text())["history"]
+    hb = json.loads((tmp_path / "k" / "history.json").read_text())["history"]
+    for key in ("loss", "train_acc", "val_acc", "test_acc"):
+        assert [h.get(key) for h in ha] == [h.get(key) for h in hb], key

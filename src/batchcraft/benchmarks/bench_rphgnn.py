@@ -177,7 +177,7 @@ def main(quick: bool = False) -> dict[str, Any]:
 
 def _methods_data(quick: bool) -> tuple[Any, Any]:
     from batchcraft.data.paths import find_data_dir
-    from batchcraft.graph.rphgnn_pipeline import PRESETS, load_dataset
+    from batchcraft.recipes.rphgnn import PRESETS, load_dataset
 
     folder = find_data_dir()
     if folder is not None and (folder / "ACM.zip").exists():
@@ -192,15 +192,14 @@ def _methods_data(quick: bool) -> tuple[Any, Any]:
 
 def _epoch_seconds(data: Any, method: str, cfg: Any, groups: Any, epochs: int, seed: int) -> float:
     from batchcraft.data.hgb import hgb_split
-    from batchcraft.graph.rphgnn_model import TrainConfig, train_node_classifier
-    from batchcraft.graph.rphgnn_pipeline import build_model
+    from batchcraft.recipes.rphgnn import RpHGNNTrainSettings, build_model, train_node_classifier
 
     tr, va = hgb_split(data.train_idx, data.y, generator=torch.Generator().manual_seed(seed))
     shapes = {j: (int(t.shape[1]), int(t.shape[2])) for j, t in groups.items()}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(method, shapes, data.num_classes, cfg)
-        tc = TrainConfig(
+        tc = RpHGNNTrainSettings(
             lr=cfg.lr, epochs=epochs, patience=epochs, batch_size=cfg.batch_size, val_every=1,
             stop_on=cfg.stop_on,
         )  # fmt: skip
@@ -218,8 +217,8 @@ def _epoch_seconds(data: Any, method: str, cfg: Any, groups: Any, epochs: int, s
     description="RpHGNN vs SeHGNN (semantic fusion) vs relation-wise: pre-compute and epoch time",
 )
 def methods(quick: bool = False) -> dict[str, Any]:
-    from batchcraft.graph.rphgnn_pipeline import precompute_groups
     from batchcraft.graph.sehgnn import SemanticFusion, naive_semantic_fusion
+    from batchcraft.recipes.rphgnn import precompute_groups
 
     torch.set_grad_enabled(False)
     # 1. gate: the fusion equals its loop reference (fp64)

@@ -2,7 +2,7 @@
 
 Thin: resolves the dataset (``--data-dir``, ``$BATCHCRAFT_DATA``, ``../shared/data``), applies the
 dataset's preset (the official hyper-parameters) with any overrides, and runs
-:func:`batchcraft.graph.rphgnn_pipeline.fit_node_classifier` per seed. Every finished seed is
+:func:`batchcraft.recipes.rphgnn.fit_node_classifier` per seed. Every finished seed is
 appended to ``--out`` atomically, so an interrupted run resumes where it stopped; ``--cache``
 keeps the pre-computed groups on disk (safetensors) and reuses them.
 """
@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         import torch
         from safetensors import SafetensorError
 
-        from batchcraft.graph.rphgnn_pipeline import (
+        from batchcraft.recipes.rphgnn import (
             METHODS,
             PRESETS,
             RpHGNNConfig,

@@ -222,6 +222,10 @@ def reproduce(
         return
     from batchcraft.utils.io import check_writable_dir
 
+    registry = experiments()
+    unknown = [n for n in names or [] if n not in registry]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; available: {sorted(registry)}")
     folder = find_data_dir(data_dir)  # a --data-dir that does not exist is an error, up front
     if not has_module("matplotlib"):  # every experiment plots; fail now, not after training
         fail("reproduce draws plots: matplotlib is not installed; pip install 'batchcraft[plot]'")
@@ -230,7 +234,7 @@ def reproduce(
     console.print(f"real data: {folder or 'none found (synthetic stand-ins)'}", highlight=False)
     records = run_experiments(
         names, quick=quick, out=out, seeds=seeds, force=force, command=command, data_dir=folder
-    )  # an unknown name is a ValueError: one line from the error layer
+    )
     console.print(f"report: {out / 'summary.md'} and {out / 'index.html'}", highlight=False)
     if any(r.get("status") != "ok" for r in records.values()):
         raise typer.Exit(1)

@@ -26,7 +26,7 @@ TARGET_MICRO = {"ACM": 92.5, "DBLP": 94.0}
 
 
 def _configs(quick: bool) -> dict[str, Any]:
-    from batchcraft.graph.rphgnn_pipeline import PRESETS
+    from batchcraft.recipes.rphgnn import PRESETS
 
     if not quick:
         return dict(PRESETS)
@@ -53,7 +53,7 @@ def _configs(quick: bool) -> dict[str, Any]:
     order=80,
 )
 def run(ctx: ExperimentContext) -> ExperimentResult:
-    from batchcraft.graph.rphgnn_pipeline import fit_node_classifier, load_dataset
+    from batchcraft.recipes.rphgnn import fit_node_classifier, load_dataset
 
     cfgs = _configs(ctx.quick)
     names = []

@@ -44,7 +44,8 @@ def _run_path(
     num_batches: int,
 ) -> dict[str, Any]:
     from batchcraft.graph import GraphSAGE, NeighborLoader, PinnedFeatureStore
-    from batchcraft.graph.train import train_epoch
+    from batchcraft.recipes.sage import train_epoch
+    from batchcraft.recipes.seeding import seeded
 
     if backend == "naive":  # conventional: plain host tensor, CPU gather, then copy to device
         feats: Any = data.x
@@ -61,8 +62,7 @@ def _run_path(
         device=device,
         prefetch=prefetch,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # same init + dropout on every path (global RNG restored after)
+    with seeded(seed):  # same init + dropout on every path (the caller's RNG restored after)
         model = GraphSAGE(data.x.shape[1], hidden, data.num_classes).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         t0 = time.perf_counter()

@@ -5,6 +5,9 @@
   :class:`GraphSAGE`.
 * Heterogeneous graphs and RpHGNN (arXiv 2310.14481): :class:`HeteroGraph`,
   :func:`rphgnn_precompute`, :class:`RpHGNN`.
+
+Training loops live in the recipes: :mod:`batchcraft.recipes.sage` and
+:mod:`batchcraft.recipes.rphgnn`.
 """
 
 from batchcraft.graph.csr import CSRGraph, csr_from_data, csr_from_edge_index

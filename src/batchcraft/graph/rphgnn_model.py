@@ -1,23 +1,19 @@
-"""The RpHGNN encoder, micro/macro-F1, and a mini-batch training loop with early stopping.
+"""The RpHGNN encoder and micro/macro-F1.
 
 The encoder consumes the pre-computed groups ``{j: Z_j [B, n_j, m_j]}``: per group a hop mixer
 (``U_j = W_j Z_j + c_j``, a kernel-1 Conv1d over the hop axis), a small MLP, a merge (concat or
-mean) and an output MLP. Training is plain: Adam, shuffled mini-batches drawn with an explicit
-generator, groups cast to fp32 per batch, early stopping on validation F1 (or loss).
+mean) and an output MLP. Its training loop (Adam, shuffled mini-batches, early stopping) is the
+recipe :mod:`batchcraft.recipes.rphgnn`.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HopMixer", "RpHGNN", "TrainConfig", "f1_scores", "train_node_classifier"]
+__all__ = ["HopMixer", "RpHGNN", "f1_scores"]
 
 
 class HopMixer(nn.Module):
@@ -176,152 +172,3 @@ def f1_scores(pred: Tensor, target: Tensor, *, multilabel: bool = False) -> tupl
     micro = float(2 * tp.sum()) / micro_den if micro_den > 0 else 0.0
     macro = float(per_class.mean()) if per_class.numel() else 0.0
     return micro, macro
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    """Training hyper-parameters (the paper's defaults); validated on construction.
-
-    Early stopping (as the official code): after each validation without improvement
-    ``since += val_every``; training stops once ``since > patience``.
-    """
-
-    lr: float = 3e-3  # Adam, no weight decay
-    epochs: int = 500
-    patience: int = 100  # epochs without improvement tolerated (stop when exceeded)
-    batch_size: int = 1000
-    val_every: int = 1
-    stop_on: str = "f1"  # "f1" (mean of val micro/macro) or "loss"
-    eval_batch_size: int = 10000
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
-        for name in ("epochs", "batch_size", "val_every", "eval_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if (
-            isinstance(self.patience, bool)
-            or not isinstance(self.patience, int)
-            or self.patience < 0
-        ):
-            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
-        if self.stop_on not in ("f1", "loss"):
-            raise ValueError(f"stop_on must be 'f1' or 'loss', got {self.stop_on!r}")
-
-
-def _predict(logits: Tensor, multilabel: bool) -> Tensor:
-    return (logits > 0).long() if multilabel else logits.argmax(1)
-
-
-def _gather(groups: Mapping[str, Any], idx: Tensor, device: torch.device) -> dict[str, Tensor]:
-    """Rows ``idx`` of every group as fp32 on ``device``; a group may be a tensor or any table
-    with ``gather(idx)`` (e.g. :class:`~batchcraft.graph.feature_store.PinnedFeatureStore`)."""
-    out = {}
-    for j, g in groups.items():
-        rows = g[idx] if isinstance(g, Tensor) else g.gather(idx)
-        out[j] = rows.to(device=device, dtype=torch.float32)
-    return out
-
-
-@torch.no_grad()
-def _evaluate(
-    model: nn.Module,
-    groups: Mapping[str, Any],
-    y: Tensor,
-    idx: Tensor,
-    multilabel: bool,
-    bs: int,
-    device: torch.device,
-) -> tuple[float, float, float]:
-    model.eval()
-    logits = torch.cat(
-        [model(_gather(groups, idx[a : a + bs], device)) for a in range(0, idx.numel(), bs)]
-    )
-    tgt = y[idx].to(device)
-    loss = _loss(logits, tgt, multilabel)
-    micro, macro = f1_scores(_predict(logits, multilabel).cpu(), tgt.cpu(), multilabel=multilabel)
-    return float(loss), micro, macro
-
-
-def _loss(logits: Tensor, target: Tensor, multilabel: bool) -> Tensor:
-    if multilabel:
-        return nn.functional.binary_cross_entropy_with_logits(logits, target.float())
-    return nn.functional.cross_entropy(logits, target)
-
-
-def train_node_classifier(
-    model: nn.Module,
-    groups: Mapping[str, Any],
-    y: Tensor,
-    train_idx: Tensor,
-    val_idx: Tensor,
-    test_idx: Tensor,
-    *,
-    config: TrainConfig,
-    generator: torch.Generator,
-    multilabel: bool = False,
-    device: torch.device | str = "cpu",
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-) -> dict[str, Any]:
-    """Mini-batch training with early stopping; test metrics are those at the best validation epoch.
-
-    Args:
-        model: maps ``{key: [B, n_j, m_j]}`` to logits ``[B, C]``.
-        groups: the pre-computed tables ``{key: [N_τ, n_j, m_j]}`` (any dtype, any device), or
-            row-gatherable stores of them (``gather(idx)``, e.g. ``PinnedFeatureStore``).
-        y: ``[N_τ]`` class ids or ``[N_τ, C]`` multi-hot; *_idx: row ids into the tables.
-        config: :class:`TrainConfig`; generator: drives batch shuffling.
-        on_epoch: called with ``(epoch, metrics)`` after each validation.
-
-    Returns:
-        ``{"best_epoch", "val_micro", "val_macro", "test_micro", "test_macro", "epochs_run",
-        "epoch_time_s", "time_to_best_s", "train_time_s"}``.
-    """
-    if config.stop_on not in ("f1", "loss"):
-        raise ValueError(f"stop_on must be 'f1' or 'loss', got {config.stop_on!r}")
-    dev = torch.device(device)
-    model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    best_score = -math.inf
-    best: dict[str, Any] = {}
-    best_state: dict[str, Tensor] = {}
-    t0 = time.perf_counter()
-    since, epoch = 0, 0
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        perm = train_idx[torch.randperm(train_idx.numel(), generator=generator)]
-        for a in range(0, perm.numel(), config.batch_size):
-            idx = perm[a : a + config.batch_size]
-            loss = _loss(model(_gather(groups, idx, dev)), y[idx].to(dev), multilabel)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if epoch % config.val_every and epoch != config.epochs:
-            continue
-        vl, vmi, vma = _evaluate(model, groups, y, val_idx, multilabel, config.eval_batch_size, dev)
-        score = -vl if config.stop_on == "loss" else 0.5 * (vmi + vma)
-        if on_epoch is not None:
-            on_epoch(epoch, {"val_loss": vl, "val_micro": vmi, "val_macro": vma})
-        if score > best_score:
-            best_score, since = score, 0
-            best = {"best_epoch": epoch, "val_loss": vl, "val_micro": vmi, "val_macro": vma}
-            best["time_to_best_s"] = time.perf_counter() - t0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since += config.val_every
-            if since > config.patience:  # the official rule (not >=)
-                break
-    train_time = time.perf_counter() - t0
-    model.load_state_dict(best_state)
-    _, tmi, tma = _evaluate(model, groups, y, test_idx, multilabel, config.eval_batch_size, dev)
-    return {
-        **best,
-        "test_micro": tmi,
-        "test_macro": tma,
-        "epochs_run": epoch,
-        "train_time_s": train_time,
-        "epoch_time_s": train_time / max(epoch, 1),
-    }

@@ -1,5 +1,6 @@
-"""End-to-end RpHGNN runs: presets (the official hyper-parameters), pre-compute + train for RpHGNN
-and its baselines.
+"""Recipe: RpHGNN and its baselines end to end: presets (the official hyper-parameters),
+pre-compute, the training loop with early stopping, and the per-seed run (``batchcraft graph
+rphgnn``).
 
 ``fit_node_classifier(data, method="rphgnn", config=PRESETS["ACM"], seed=0)`` pre-computes the
 groups, splits ``label.dat`` (stratified 20 % validation), trains with early stopping and returns
@@ -7,6 +8,12 @@ test micro/macro-F1 at the best validation epoch with timings. Methods: ``"rphgn
 ``"relation_wise"`` (SeHGNN-style metapath tables, per-path projection + concatenation),
 ``"sehgnn"`` (the same tables with SeHGNN's transformer-style semantic fusion, :mod:`.sehgnn`),
 ``"nars"`` (NARS/SIGN-style) and ``"mlp"`` (target features).
+
+The seed decides everything: the pre-computation's random projections, the validation split and
+the batch order come from explicit generators derived from it, and the model's starting weights
+and dropout from the global RNG seeded with it inside :func:`~batchcraft.recipes.seeding.seeded`
+(the caller's RNG is left alone). A run is one seed; the CLI writes every finished seed to its
+results file atomically and skips the seeds already there, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -14,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from batchcraft.data.hetero_sbm import hetero_sbm
 from batchcraft.data.hgb import HGBData, hgb_split, load_hgb
@@ -30,17 +37,20 @@ from batchcraft.graph.rphgnn_baselines import (
     nars_precompute,
     relation_wise_precompute,
 )
-from batchcraft.graph.rphgnn_model import RpHGNN, TrainConfig, train_node_classifier
+from batchcraft.graph.rphgnn_model import RpHGNN, f1_scores
 from batchcraft.graph.sehgnn import SeHGNN
+from batchcraft.recipes.seeding import seeded
 
 __all__ = [
     "METHODS",
     "PRESETS",
     "RpHGNNConfig",
+    "RpHGNNTrainSettings",
     "build_model",
     "fit_node_classifier",
     "load_dataset",
     "precompute_groups",
+    "train_node_classifier",
 ]
 
 METHODS = ("rphgnn", "relation_wise", "sehgnn", "nars", "mlp")
@@ -124,6 +134,158 @@ PRESETS: dict[str, RpHGNNConfig] = {
         epochs=200, patience=30, batch_size=256, merge="concat",
     ),
 }  # fmt: skip
+
+
+@dataclass(kw_only=True, frozen=True)
+class RpHGNNTrainSettings:
+    """Training hyper-parameters of :func:`train_node_classifier` (the paper's defaults);
+    validated on construction.
+
+    Early stopping (as the official code): after each validation without improvement
+    ``since += val_every``; training stops once ``since > patience``.
+    """
+
+    lr: float = 3e-3  # Adam, no weight decay
+    epochs: int = 500
+    patience: int = 100  # epochs without improvement tolerated (stop when exceeded)
+    batch_size: int = 1000
+    val_every: int = 1
+    stop_on: str = "f1"  # "f1" (mean of val micro/macro) or "loss"
+    eval_batch_size: int = 10000
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr!r}")
+        for name in ("epochs", "batch_size", "val_every", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if (
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 0
+        ):
+            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
+        if self.stop_on not in ("f1", "loss"):
+            raise ValueError(f"stop_on must be 'f1' or 'loss', got {self.stop_on!r}")
+
+
+def _predict(logits: Tensor, multilabel: bool) -> Tensor:
+    return (logits > 0).long() if multilabel else logits.argmax(1)
+
+
+def _gather(groups: Mapping[str, Any], idx: Tensor, device: torch.device) -> dict[str, Tensor]:
+    """Rows ``idx`` of every group as fp32 on ``device``; a group may be a tensor or any table
+    with ``gather(idx)`` (e.g. :class:`~batchcraft.graph.feature_store.PinnedFeatureStore`)."""
+    out = {}
+    for j, g in groups.items():
+        rows = g[idx] if isinstance(g, Tensor) else g.gather(idx)
+        out[j] = rows.to(device=device, dtype=torch.float32)
+    return out
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    groups: Mapping[str, Any],
+    y: Tensor,
+    idx: Tensor,
+    multilabel: bool,
+    bs: int,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    model.eval()
+    logits = torch.cat(
+        [model(_gather(groups, idx[a : a + bs], device)) for a in range(0, idx.numel(), bs)]
+    )
+    tgt = y[idx].to(device)
+    loss = _loss(logits, tgt, multilabel)
+    micro, macro = f1_scores(_predict(logits, multilabel).cpu(), tgt.cpu(), multilabel=multilabel)
+    return float(loss), micro, macro
+
+
+def _loss(logits: Tensor, target: Tensor, multilabel: bool) -> Tensor:
+    if multilabel:
+        return nn.functional.binary_cross_entropy_with_logits(logits, target.float())
+    return nn.functional.cross_entropy(logits, target)
+
+
+def train_node_classifier(
+    model: nn.Module,
+    groups: Mapping[str, Any],
+    y: Tensor,
+    train_idx: Tensor,
+    val_idx: Tensor,
+    test_idx: Tensor,
+    *,
+    config: RpHGNNTrainSettings,
+    generator: torch.Generator,
+    multilabel: bool = False,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Mini-batch training with early stopping; test metrics are those at the best validation epoch.
+
+    Dropout draws from the global RNG: run it inside :func:`~batchcraft.recipes.seeding.seeded`
+    (as :func:`fit_node_classifier` does) for a run decided by the seed alone.
+
+    Args:
+        model: maps ``{key: [B, n_j, m_j]}`` to logits ``[B, C]``.
+        groups: the pre-computed tables ``{key: [N_τ, n_j, m_j]}`` (any dtype, any device), or
+            row-gatherable stores of them (``gather(idx)``, e.g. ``PinnedFeatureStore``).
+        y: ``[N_τ]`` class ids or ``[N_τ, C]`` multi-hot; *_idx: row ids into the tables.
+        config: :class:`RpHGNNTrainSettings`; generator: drives batch shuffling.
+        on_epoch: called with ``(epoch, metrics)`` after each validation.
+
+    Returns:
+        ``{"best_epoch", "val_micro", "val_macro", "test_micro", "test_macro", "epochs_run",
+        "epoch_time_s", "time_to_best_s", "train_time_s"}``.
+    """
+    if config.stop_on not in ("f1", "loss"):
+        raise ValueError(f"stop_on must be 'f1' or 'loss', got {config.stop_on!r}")
+    dev = torch.device(device)
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    best_score = -math.inf
+    best: dict[str, Any] = {}
+    best_state: dict[str, Tensor] = {}
+    t0 = time.perf_counter()
+    since, epoch = 0, 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        perm = train_idx[torch.randperm(train_idx.numel(), generator=generator)]
+        for a in range(0, perm.numel(), config.batch_size):
+            idx = perm[a : a + config.batch_size]
+            loss = _loss(model(_gather(groups, idx, dev)), y[idx].to(dev), multilabel)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch % config.val_every and epoch != config.epochs:
+            continue
+        vl, vmi, vma = _evaluate(model, groups, y, val_idx, multilabel, config.eval_batch_size, dev)
+        score = -vl if config.stop_on == "loss" else 0.5 * (vmi + vma)
+        if on_epoch is not None:
+            on_epoch(epoch, {"val_loss": vl, "val_micro": vmi, "val_macro": vma})
+        if score > best_score:
+            best_score, since = score, 0
+            best = {"best_epoch": epoch, "val_loss": vl, "val_micro": vmi, "val_macro": vma}
+            best["time_to_best_s"] = time.perf_counter() - t0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since += config.val_every
+            if since > config.patience:  # the official rule (not >=)
+                break
+    train_time = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    _, tmi, tma = _evaluate(model, groups, y, test_idx, multilabel, config.eval_batch_size, dev)
+    return {
+        **best,
+        "test_micro": tmi,
+        "test_macro": tma,
+        "epochs_run": epoch,
+        "train_time_s": train_time,
+        "epoch_time_s": train_time / max(epoch, 1),
+    }
 
 
 def load_dataset(
@@ -247,9 +409,9 @@ def fit_node_classifier(
     ``precompute_s`` and added to ``total_s``); ``None`` with given groups records 0 (e.g. groups
     loaded from a cache).
 
-    Model initialisation and dropout use the global RNG inside ``torch.random.fork_rng`` seeded
-    with ``seed`` (restored afterwards); pre-computation, split and batches use explicit
-    generators derived from ``seed``.
+    Model initialisation and dropout use the global RNG inside
+    :func:`~batchcraft.recipes.seeding.seeded` ``(seed)`` (the caller's RNG is restored
+    afterwards); pre-computation, split and batches use explicit generators derived from ``seed``.
 
     With ``feature_store=True`` every group is served to the mini-batches through a
     :class:`~batchcraft.graph.feature_store.PinnedFeatureStore` (pinned host table, UVA/staged
@@ -276,10 +438,9 @@ def fit_node_classifier(
         generator=torch.Generator().manual_seed(10_000 + seed),
     )  # fmt: skip
     shapes = {j: (int(t.shape[1]), int(t.shape[2])) for j, t in groups.items()}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = build_model(method, shapes, data.num_classes, cfg)
-        tc = TrainConfig(
+        tc = RpHGNNTrainSettings(
             lr=cfg.lr, epochs=cfg.epochs, patience=cfg.patience, batch_size=cfg.batch_size,
             val_every=cfg.val_every, stop_on=cfg.stop_on,
         )  # fmt: skip
