@@ -123,3 +123,15 @@ def test_no_import_circles_between_modules():
 @pytest.mark.parametrize("name", ["batchcraft.recipes", "batchcraft.data", "batchcraft.utils.io"])
 def test_layer_table_is_used(name):
     assert name in MODULES
+
+
+def test_readme_layer_table_matches_the_checked_layers():
+    """The README's layer table is the one this test enforces (each package at its layer)."""
+    import re
+
+    readme = (SRC.parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d) \| ([^|]+) \|", readme, flags=re.M)
+    shown = {pkg: int(n) for n, pkgs in rows for pkg in re.findall(r"`(\w+)`", pkgs)}
+    assert shown, "README has no layer table"
+    public = {k: v for k, v in LAYER.items() if not k.startswith("_") and k != "registry"}
+    assert shown == public
