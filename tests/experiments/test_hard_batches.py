@@ -113,3 +113,17 @@ def test_verdict_compares_with_the_strongest_standard_loop(reshuffled_wins):
     else:
         assert cmp.best == "plain (δ=1)"
         assert cmp.acc_better == hard and cmp.verdict == "partly"
+
+
+def test_experiment_runs_end_to_end_on_its_typed_settings(tmp_path, monkeypatch):
+    import dataclasses
+
+    from batchcraft.experiments import hard_batches as hb
+    from batchcraft.experiments.base import ExperimentContext
+
+    toy = dataclasses.replace(hb.HardBatchesExperimentSettings.quick(), steps=8, evals=2)
+    monkeypatch.setattr(hb.HardBatchesExperimentSettings, "quick", classmethod(lambda cls: toy))
+    res = hb.run(ExperimentContext(name="hard-batches", quick=True, out_dir=tmp_path, seeds=[0]))
+    assert res.verdict in ("reproduced", "partly", "not reproduced")
+    assert res.data["settings"] == dataclasses.asdict(toy)
+    assert all((tmp_path / p).is_file() for p in res.plots)

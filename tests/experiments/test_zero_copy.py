@@ -25,5 +25,6 @@ def test_quick_run(tmp_path: Path) -> None:
     assert "max |loss difference| across feature paths" in names
     loss_metric = next(m for m in res.metrics if m.name.startswith("max |loss"))
     assert loss_metric.values == [0.0]  # every feature path gives identical losses
+    assert res.data["settings"]["nodes"] == 150_000
     for p in res.plots:
         assert (tmp_path / p).stat().st_size > 1000

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -303,15 +303,39 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         torch.set_num_threads(threads)
 
 
+@dataclass(frozen=True)
+class HardBatchesExperimentSettings:
+    """One setting of the hard-batch reproduction (``quick()`` for ``make run``, ``full()``).
+
+    The budget is ``steps`` optimizer steps per arm whatever the data (quick: 375, three
+    "epochs" of Fashion-MNIST's ``b = 125`` batches of 64), else ``epochs`` epochs.
+    """
+
+    batch_size: int
+    lr: float  # SGD, decayed linearly to 0, momentum 0.9
+    steps: int | None
+    epochs: float
+    evals: int  # evaluations over the run
+
+    @classmethod
+    def quick(cls) -> HardBatchesExperimentSettings:
+        return cls(batch_size=64, lr=0.05, steps=375, epochs=3.0, evals=12)
+
+    @classmethod
+    def full(cls) -> HardBatchesExperimentSettings:
+        return cls(batch_size=128, lr=0.05, steps=None, epochs=20.0, evals=12)
+
+
 def _run(ctx: ExperimentContext, plt: Any) -> ExperimentResult:
     seeds = ctx.seeds if len(ctx.seeds) >= 3 else list(range(3))
     split = load_split("auto", quick=ctx.quick, seed=0, data_dir=ctx.data_dir)
-    m = 64 if ctx.quick else 128
+    st = (
+        HardBatchesExperimentSettings.quick() if ctx.quick else HardBatchesExperimentSettings.full()
+    )
+    m, lr = st.batch_size, st.lr
     b = split.x_train.shape[0] // m
-    # quick: 375 steps whatever the data (3 "epochs" of Fashion-MNIST's b = 125); full: 20 epochs
-    epochs = 375 / b if ctx.quick else 20.0
-    eval_every = max(1, round(epochs * b) // 12)
-    lr = 0.05
+    epochs = st.steps / b if st.steps is not None else st.epochs
+    eval_every = max(1, round(epochs * b) // st.evals)
     ctx.log(f"{split.name}: {split.x_train.shape[0]} train, b={b} batches of {m}, {epochs:g} "
             f"epochs = {round(epochs * b)} steps per arm, seeds {seeds}")  # fmt: skip
     res: dict[str, list[dict[str, Any]]] = {a: [] for a in ARMS}
@@ -385,7 +409,8 @@ def _run(ctx: ExperimentContext, plt: Any) -> ExperimentResult:
                f"in eval mode; seeds {seeds}; one CPU thread")  # fmt: skip
     data = {arm: [{k: v for k, v in r.items()} for r in res[arm]] for arm in ARMS}
     return ExperimentResult(metrics, verdict, summary, plots=plots, tables=[format_table(rows)],
-                            setting=setting, data={"runs": data, "target": target, "best_standard": best})  # fmt: skip
+                            setting=setting, data={"runs": data, "target": target, "best_standard": best,
+                                                  "settings": asdict(st)})  # fmt: skip
 
 
 def _plot_curves(ctx: ExperimentContext, plt: Any, res: dict[str, list[dict[str, Any]]],

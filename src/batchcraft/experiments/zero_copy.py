@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -75,6 +76,29 @@ def _run_path(
     return {"seconds": seconds, "stages": stats.stages, "losses": stats.losses}
 
 
+@dataclass(frozen=True)
+class ZeroCopyExperimentSettings:
+    """One setting of the zero-copy reproduction (``quick()`` for ``make run``, ``full()``)."""
+
+    nodes: int  # power-law graph
+    degree: float  # mean degree
+    features: int  # F (fp32)
+    fanouts: tuple[int, ...]
+    batch: int
+    hidden: int
+    batches: int  # mini-batches timed per feature path
+
+    @classmethod
+    def quick(cls) -> ZeroCopyExperimentSettings:
+        return cls(nodes=150_000, degree=12.0, features=128, fanouts=(10, 5), batch=512,
+                   hidden=64, batches=20)  # fmt: skip
+
+    @classmethod
+    def full(cls) -> ZeroCopyExperimentSettings:
+        return cls(nodes=1_000_000, degree=15.0, features=128, fanouts=(25, 10), batch=1024,
+                   hidden=256, batches=40)  # fmt: skip
+
+
 @register_experiment(
     "zero-copy",
     paper="Large Graph Convolutional Network Training with GPU-Oriented Data Communication "
@@ -93,10 +117,16 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.utils.bench import copy_bandwidth_gbs, format_table
     from batchcraft.utils.plot import pyplot
 
-    if ctx.quick:
-        n, deg, f, fan, bs, hidden, nb = 150_000, 12.0, 128, [10, 5], 512, 64, 20
-    else:
-        n, deg, f, fan, bs, hidden, nb = 1_000_000, 15.0, 128, [25, 10], 1024, 256, 40
+    cfg = ZeroCopyExperimentSettings.quick() if ctx.quick else ZeroCopyExperimentSettings.full()
+    n, deg, f, bs, hidden, nb = (
+        cfg.nodes,
+        cfg.degree,
+        cfg.features,
+        cfg.batch,
+        cfg.hidden,
+        cfg.batches,
+    )
+    fan = list(cfg.fanouts)
     cuda = ctx.device.type == "cuda" and torch.cuda.is_available()
     ctx.log(f"building power-law graph: {n:,} nodes, mean degree {deg}, F={f}")
     data = powerlaw_graph(n, deg, num_features=f, seed=0)
@@ -294,5 +324,5 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
         plots=[p1, p2],
         tables=[format_table(rows), format_table(eff_rows)],
         setting=setting,
-        data={"paths": rows, "efficiency": eff_rows, "copy_gbs": copy_gbs},
+        data={"paths": rows, "efficiency": eff_rows, "copy_gbs": copy_gbs, "settings": asdict(cfg)},
     )
