@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from batchcraft.graph.train import evaluate, train_epoch
 
 from batchcraft.data.graphs import GraphData, load_planetoid, planted_partition
 from batchcraft.data.paths import find_data_dir
 from batchcraft.graph import GraphSAGE, NeighborLoader, PinnedFeatureStore, csr_from_edge_index
+from batchcraft.recipes.sage import evaluate, train_epoch
 
 
 def load_graph(data_dir: Path | None) -> GraphData:

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--length", type=int, default=60, help="sequence length T")
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--tiny", action="store_true", help="40 steps of length 20")
+    p.add_argument("--tiny", action="store_true", help="150 steps of length 10")
     args = p.parse_args(argv)
-    steps, t, h = (40, 20, 32) if args.tiny else (args.steps, args.length, args.hidden)
+    steps, t, h = (150, 10, 32) if args.tiny else (args.steps, args.length, args.hidden)
 
     # the drop-in promise: nn.LSTM's weights load, and layer_norm=False is nn.LSTM exactly
     torch.manual_seed(0)

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from batchcraft.graph.rphgnn_pipeline import PRESETS, fit_node_classifier
 
 from batchcraft.data.hetero_sbm import hetero_sbm
 from batchcraft.data.hgb import HGBData, load_hgb
 from batchcraft.data.paths import find_data_dir
+from batchcraft.recipes.rphgnn import PRESETS, fit_node_classifier
 
 
 def load_graph(data_dir: Path | None) -> HGBData:
