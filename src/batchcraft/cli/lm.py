@@ -94,7 +94,9 @@ def train(
             "path, or the end of every file when that leaves a side empty (one file).",
         ),
     ] = 0.05,
-    context: Annotated[int, typer.Option(min=2, help="Training context T (tokens).")] = 256,
+    context: Annotated[
+        int, typer.Option(min=2, help="Training context T (tokens; --task recall sets it).")
+    ] = 256,
     chunk: Annotated[
         int | None, typer.Option(min=1, help="LaCT chunk size C (default: the preset's).")
     ] = None,

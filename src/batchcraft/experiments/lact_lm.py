@@ -96,7 +96,7 @@ class TextPart:
     window: int = 32  # C = W
     context: int = 256  # T = 8 chunks
     batch: int = 8
-    steps: int = 120
+    steps: int = 200
     lr: float = 3e-3
     warmup: int = 10
     eval_batches: int = 8
