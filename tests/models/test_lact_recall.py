@@ -56,7 +56,7 @@ def test_lact_recalls_beyond_the_window_and_updates_off_cannot():
     on = _train_and_score(_cfg())
     off = _train_and_score(dataclasses.replace(_cfg(), ttt_updates=False))
     assert off < TASK.chance_accuracy + 0.05, off
-    assert on > off + 0.25, (on, off)  # measured: 0.63 vs 0.13
+    assert on > off + 0.25, (on, off)  # measured: 0.70 vs 0.13 (paper lr: 0.13)
 
 
 @pytest.mark.slow
