@@ -632,7 +632,7 @@ def train_lm(
             log.info(f"resumed from {folder} at step {start}")
     model.train()
     # diagnostics read the layers' weights directly: not possible on FSDP-sharded parameters
-    diag = not (s.parallel == "fsdp" and dist.distributed)
+    diag = type(next(model.parameters())).__name__ != "DTensor"
 
     def run_eval(step: int, **kw: Any) -> dict[str, Any]:
         assert val is not None
