@@ -124,6 +124,8 @@ def test_recall_batches_reproducible():
     assert data.context == a[0].shape[1] == 2 * 3 + 5 + 2 * 3
     other = RecallTask(num_pairs=3, gap=5).batches(4, seed=8).get(2)
     assert not torch.equal(a[0], other[0])
+    seq = list(data.sequential(3))
+    assert len(seq) == 3 and torch.equal(seq[2][0], a[0])
 
 
 @pytest.mark.parametrize(

@@ -1,23 +1,85 @@
-"""The lact-lm reproduction runs end to end at a toy size and decides its verdict (marker slow)."""
+"""The lact-lm reproduction at a micro setting: report structure, and a verdict computed from
+the figures it reports."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from batchcraft.experiments import lact_lm
 from batchcraft.experiments.base import ExperimentContext
 
+MICRO = lact_lm.LaCTLMSettings(
+    recall=lact_lm.RecallPart(hidden_size=32, num_heads=1, num_attn_heads=2, mlp_hidden=32,
+                              window=4, pairs=2, steps=3, batch=4, warmup=1, eval_rows=8),
+    text=lact_lm.TextPart(window=16, context=32, batch=2, steps=2, warmup=1, eval_batches=1,
+                          max_bytes=200_000),
+)  # fmt: skip
 
-@pytest.mark.slow
-def test_lact_lm_experiment_toy(tmp_path, monkeypatch):
-    toy = dict(preset="tiny", window=16, context=32, batch=2, steps=3, lr=1e-3, warmup=1,
-               eval_batches=1, max_bytes=200_000)  # fmt: skip
-    monkeypatch.setattr(lact_lm, "_settings", lambda quick: toy)
+
+def test_lact_lm_micro_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(lact_lm, "_settings", lambda quick: MICRO)
     ctx = ExperimentContext(name="lact-lm", quick=True, out_dir=tmp_path, seeds=[0])
     res = lact_lm.run(ctx)
-    assert res.verdict in ("reproduced", "partly", "not reproduced")
-    assert {p for p in res.plots} == {"per_position_loss.png", "train_loss.png"}
+    assert set(res.plots) == {"recall_accuracy.png", "recall_train_loss.png",
+                              "per_position_loss.png"}  # fmt: skip
     assert all((tmp_path / p).is_file() for p in res.plots)
-    params = res.data["params"]
-    assert max(params.values()) / min(params.values()) < 1.005  # parameter-matched
-    assert len(res.data["per_position"]["swa"][0]) == 32
+    d = res.data
+    assert d["recall"]["arms"] == list(MICRO.recall.arms)
+    assert d["text"]["arms"] == list(MICRO.text.arms)
+    for part in ("recall", "text"):
+        params = d[part]["params"]
+        assert max(params.values()) / min(params.values()) < 1.01  # parameter-matched
+        for m in lact_lm.LACT:  # the diagnostics ran on every LaCT arm, on every layer
+            if m in d[part]["arms"]:
+                layers = d[part]["diag"][m][0]
+                assert [x["layer"] for x in layers] == [0.0, 1.0]
+                assert all(x["drift"] > 0 and x["update_norm"] > 0 for x in layers), layers
+    assert d["recall"]["params"]["lact_off"] == d["recall"]["params"]["lact_muon"]
+    assert len(d["text"]["curves"]["swa"][0]) == 32
+    assert len(d["recall"]["per_query"]["lact"][0]) == 2
+    assert d["chance"] == pytest.approx(1 / 64)
+
+    # the verdict follows from the reported figures by the stated rule
+    acc = {m: v[0] for m, v in d["recall"]["acc"].items()}
+    assert lact_lm.recall_verdict(acc, d["chance"]) == d["recall_ok"]
+    w, t = MICRO.text.window, MICRO.text.context
+    curves = {m: c[0] for m, c in d["text"]["curves"].items()}
+    inside = {m: sum(c[:w]) / w for m, c in curves.items()}
+    beyond = {m: sum(c[w:]) / (t - w) for m, c in curves.items()}
+    ok, gains = lact_lm.text_verdict(inside, beyond)
+    assert ok == d["text_ok"] and gains.keys() == d["text_gains"].keys()
+    assert all(gains[m] == pytest.approx(d["text_gains"][m]) for m in gains)
+    r, x = any(d["recall_ok"].values()), any(d["text_ok"].values())
+    assert res.verdict == ("reproduced" if r and x else "partly" if r or x else "not reproduced")
+    assert "Rule:" in res.summary and str(d["recall_ok"]) in res.summary
+    names = {m.name for m in res.metrics}
+    assert "recall accuracy lact, updates off at eval" in names
+    assert "text long-range gain of lact over updates off [nats/byte]" in names
+
+
+def test_verdict_rules_on_hand_made_figures():
+    chance = 1 / 64
+    good = {"lact": 0.5, "lact_muon": 0.1, "lact_off": 0.02, "swa": 0.015}
+    assert lact_lm.recall_verdict(good, chance) == {"lact": True, "lact_muon": False}
+    near_off = {**good, "lact_off": 0.45}  # updates off does as well: no memory shown
+    assert lact_lm.recall_verdict(near_off, chance)["lact"] is False
+    inside = {"lact": 2.0, "lact_off": 2.0, "swa": 2.1}
+    beyond = {"lact": 1.8, "lact_off": 1.9, "swa": 2.05}
+    ok, gains = lact_lm.text_verdict(inside, beyond)
+    assert ok == {"lact": True} and gains["lact"]["lact_off"] == pytest.approx(0.1)
+    # a gap that is as large inside the window (a training difference, not memory) fails
+    ok, _ = lact_lm.text_verdict({**inside, "lact_off": 2.1}, beyond)
+    assert ok == {"lact": False}
+
+
+def test_settings_are_validated_and_the_quick_run_has_every_recall_arm():
+    assert lact_lm.QUICK.recall.arms == lact_lm.ARMS
+    assert set(lact_lm.FULL.text.arms) == set(lact_lm.ARMS)
+    with pytest.raises(ValueError, match="arms"):
+        lact_lm.TextPart(arms=("lact", "swa"))  # no updates-off arm to compare against
+    with pytest.raises(ValueError, match="steps"):
+        dataclasses.replace(lact_lm.QUICK.recall, steps=0)
+    with pytest.raises(ValueError, match="context"):
+        lact_lm.TextPart(window=64, context=64)

@@ -98,6 +98,60 @@ def test_chunk_mean_update_with_weight_norm_and_momentum_is_chunk_size_free():
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
+def _raw_step_norms(inner_lr: float | None, chunks=(4, 16, 64)) -> list[float]:
+    """Mean relative size of the raw inner step ``||Delta_j|| / ||W_j||`` over the updates of
+    the same 256 independent random tokens, at each chunk size (plain GD, no weight norm)."""
+    x = _x(b=4, t=256, seed=5)
+    out = []
+    for c in chunks:
+        torch.manual_seed(0)  # the same parameters at every C
+        layer = LaCTLayer(32, num_heads=2, num_attn_heads=4, chunk_size=c, window_size=0,
+                          low_rank=4, use_momentum=False, weight_norm=None,
+                          inner_lr=inner_lr).to(D64)  # fmt: skip
+        out.append(layer.ttt_diagnostics(x)["grad_norm"])
+    return out
+
+
+def test_chunk_mean_update_norm_does_not_grow_with_chunk_size():
+    """Independent tokens: the chunk-mean step averages C gradients, so its size does not grow
+    with C (the incoherent parts cancel: it shrinks, about like C^-1/2); the paper's summed lr
+    adds C gradients, so its step grows at least like C^1/2 (measured 4.2x from C = 4 to 64)."""
+    mean = _raw_step_norms(2.0)
+    assert mean[0] >= mean[1] >= mean[2] > 0, mean
+    paper = _raw_step_norms(None)
+    assert paper[0] < paper[1] < paper[2], paper
+    assert paper[2] / paper[0] > 0.8 * (64 / 4) ** 0.5, paper
+
+
+def test_inner_lr_c_times_base_lr_is_the_paper_setting_exactly():
+    """``inner_lr = C * base_lr`` gives the paper's per-token lr: identical outputs and state."""
+    paper = _layer(window_size=4, base_lr=0.02, inner_lr=None)
+    same = _like(paper, inner_lr=4 * 0.02)
+    x = _x(t=13)
+    (y0, c0), (y1, c1) = paper(x, use_cache=True), same(x, use_cache=True)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-13)
+    for a, b in zip(c1.ttt.weights, c0.ttt.weights, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    assert (_like(paper, inner_lr=1.0)(x)[0] - y0).abs().max() > 1e-4  # other eta: other output
+
+
+@torch.no_grad()
+def test_with_muon_the_inner_lr_scale_cancels():
+    """Newton-Schulz normalises each update: the chunk-mean and the paper setting (any global
+    lr scale) give the same layer output up to the NS eps (1e-7 next to ``||Delta||``); lr only
+    weights tokens against each other. (At the paper's base_lr 1e-3 and C = 4 the steps are so
+    small that the eps shows: 4e-4 relative.)"""
+    paper = _layer(window_size=4, use_muon=True, inner_lr=None, base_lr=0.05)
+    x = _x(t=13)
+    y0, _ = paper(x)
+    for eta in (0.5, 32.0):
+        y, _ = _like(paper, inner_lr=eta)(x)
+        assert float((y - y0).norm() / y0.norm()) < 2e-5, eta
+    no_muon = _like(paper, use_muon=False)
+    y1, _ = no_muon(x)
+    assert float((_like(no_muon, inner_lr=32.0)(x)[0] - y1).norm() / y1.norm()) > 1e-2
+
+
 def test_presets_move_their_fast_weights_and_the_paper_setting_does_not():
     """At initialisation, on random bytes: the LM presets' default inner lr moves the fast
     weights by >= 5 % over 8 chunks; the paper's summed 1e-3 moves them by < 0.5 %."""

@@ -19,6 +19,56 @@ TextOpt = Annotated[
     list[Path] | None,
     typer.Option(help="Text files/folders to train on (default: the Python standard library)."),
 ]
+TaskOpt = Annotated[
+    str,
+    typer.Option(
+        help="text (next-byte LM) or recall (multi-query associative recall with every "
+        "key/value pair beyond the windowed layers' reach; only the answers are scored)."
+    ),
+]
+PairsOpt = Annotated[
+    int, typer.Option(min=1, max=63, help="Recall task: key/value pairs (and queries) per row.")
+]
+GapOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Recall task: filler tokens between the pairs and the queries (default: "
+        "layers x (W - 1), the least that no stack of windowed layers can bridge).",
+    ),
+]
+TttOpt = Annotated[
+    str,
+    typer.Option(
+        help="on, or off: fast weights never update (the TTT branch is the static SwiGLU of "
+        "the same parameters): the ablation of test-time training."
+    ),
+]
+
+
+def _ttt_flag(ttt: str) -> bool:
+    if ttt not in ("on", "off"):
+        raise typer.BadParameter(f"--ttt must be on or off, got {ttt!r}")
+    return ttt == "on"
+
+
+def _recall_task(pairs: int, gap: int | None, window: int, num_layers: int) -> Any:
+    """The recall task for a model of ``num_layers`` layers of attention window ``window``."""
+    from batchcraft.data.synthetic import RecallTask
+
+    if gap is not None:
+        return RecallTask(num_pairs=pairs, gap=gap)
+    return RecallTask.for_window(window=window, num_layers=num_layers, num_pairs=pairs)
+
+
+def _log_diagnostics(step: int | str, ev: dict[str, Any]) -> None:
+    from batchcraft.recipes.lm import format_diagnostics
+
+    acc = f", accuracy {ev['accuracy']:.3f}" if "accuracy" in ev else ""
+    line = format_diagnostics(ev.get("ttt", []))
+    log.info(
+        f"{step}: val loss {ev['loss']:.4f}{acc}" + (f"; fast weights: {line}" if line else "")
+    )
 
 
 def train(
@@ -44,7 +94,9 @@ def train(
             "path, or the end of every file when that leaves a side empty (one file).",
         ),
     ] = 0.05,
-    context: Annotated[int, typer.Option(min=2, help="Training context T (tokens).")] = 256,
+    context: Annotated[
+        int, typer.Option(min=2, help="Training context T (tokens; --task recall sets it).")
+    ] = 256,
     chunk: Annotated[
         int | None, typer.Option(min=1, help="LaCT chunk size C (default: the preset's).")
     ] = None,
@@ -53,6 +105,17 @@ def train(
         typer.Option(min=0, help="Attention window W (default: max(preset W, C); 0: no SWA)."),
     ] = None,
     muon: Annotated[bool, typer.Option(help="Muon (Newton-Schulz) fast-weight updates.")] = False,
+    inner_lr: Annotated[
+        float | None,
+        typer.Option(
+            callback=lambda v: None if v is None else positive(v),
+            help="LaCT inner step on the chunk-mean inner loss (default: the preset's).",
+        ),
+    ] = None,
+    ttt: TttOpt = "on",
+    task: TaskOpt = "text",
+    pairs: PairsOpt = 8,
+    gap: GapOpt = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps in total.")] = 200,
     batch: Annotated[
         int, typer.Option(min=1, help="Windows per step, over all ranks (global batch).")
@@ -103,22 +166,47 @@ def train(
     builders = {"lact": lambda x: x, "swa": swa_baseline, "full": full_attention_baseline}
     if model not in builders:
         raise typer.BadParameter(f"--model must be lact, swa or full, got {model!r}")
-    cfg = get_preset(preset, use_muon=muon)
+    updates = _ttt_flag(ttt)
+    if model != "lact" and (not updates or inner_lr is not None):
+        raise typer.BadParameter(f"--ttt off and --inner-lr need --model lact, not {model!r}")
+    cfg = get_preset(preset, use_muon=muon, ttt_updates=updates)
+    if inner_lr is not None:
+        cfg = replace(cfg, inner_lr=inner_lr)
     c = chunk or cfg.chunk_size
     w = window if window is not None else max(cfg.window_size or c, c)
+    recall = None
+    if task == "recall":
+        if text or val_text or data is not None:
+            raise typer.BadParameter("--task recall generates its data: drop --text/--data")
+        recall = _recall_task(pairs, gap, w or c, cfg.num_layers)
+        context = recall.length - 1
     cfg = builders[model](replace(cfg, chunk_size=c, window_size=w))
     s = LMTrainSettings(
         steps=steps, batch_size=batch, context=context, lr=lr, optimizer=optimizer,
         schedule=schedule, warmup=warmup, seed=seed, eval_every=eval_every,
         eval_batches=eval_batches, ckpt_every=ckpt_every, parallel=parallel,
-        activation_checkpointing=activation_checkpointing,
+        activation_checkpointing=activation_checkpointing, task=task,
     )  # fmt: skip
     check_writable_dir(out)  # before reading the corpus or building the model
     dist = init_distributed(device)
     tokenizer = None
     tr: Any
     va: Any
-    if data is not None:
+    if recall is not None:
+        from batchcraft.recipes.lm import RecallSource
+
+        tr = RecallSource(recall, batch, seed=seed)
+        va = RecallSource(recall, batch, seed=1_000_003 + seed)  # held-out rows
+        sizes = (
+            f"recall: {recall.num_pairs} pairs >= {recall.min_distance} tokens before their "
+            f"queries, {recall.length} tokens a row, chance accuracy "
+            f"{recall.chance_accuracy:.4f} (1/{recall.num_values}), chance loss "
+            f"{recall.chance_loss:.3f} nats"
+        )
+        data_meta = {"task": "recall", "num_pairs": recall.num_pairs, "gap": recall.gap,
+                     "num_keys": recall.num_keys, "num_values": recall.num_values}  # fmt: skip
+        bytes_per_token = 1.0
+    elif data is not None:
         if text or val_text:
             raise typer.BadParameter("give either --data (token shards) or --text, not both")
         from batchcraft.data.shards import TokenShards
@@ -161,13 +249,20 @@ def train(
             lm, tr, s, val=va, out_dir=out, resume=resume, allow_change=allow_change,
             data_meta=data_meta, progress="lm train" if dist.is_main else None, dist=dist,
             tokenizer=tokenizer, bytes_per_token=bytes_per_token,
+            on_eval=(lambda i, ev: _log_diagnostics(f"step {i}", ev)) if dist.is_main else None,
         )  # fmt: skip
     finally:
         destroy_distributed()
     if dist.is_main:
         if res["final_eval"] is not None:
             fe = res["final_eval"]
-            log.info(f"val loss {fe['loss']:.4f} nats/token, {fe['bpb']:.4f} bits/byte")
+            if recall is not None:
+                log.info(
+                    f"answer accuracy {fe['accuracy']:.4f} (chance {recall.chance_accuracy:.4f}), "
+                    f"answer loss {fe['loss']:.4f} nats (chance {recall.chance_loss:.3f})"
+                )
+            else:
+                log.info(f"val loss {fe['loss']:.4f} nats/token, {fe['bpb']:.4f} bits/byte")
         log.info(f"checkpoint: {out / 'checkpoint'}")
 
 
@@ -206,20 +301,43 @@ def evaluate(
     batch: Annotated[int, typer.Option(min=1, help="Windows per batch.")] = 8,
     batches: Annotated[int, typer.Option(min=1, help="Evaluation batches (at most).")] = 8,
     max_bytes: Annotated[int, typer.Option(min=1, help="Bytes of text read.")] = 4_000_000,
+    ttt: TttOpt = "on",
+    task: TaskOpt = "text",
+    pairs: PairsOpt = 8,
+    gap: GapOpt = None,
+    seed: Annotated[int, typer.Option(help="Recall task: seed of the evaluation rows.")] = 1,
     out: Annotated[
         Path | None, typer.Option(help="Folder for eval.json, per_position.csv/.png.")
     ] = None,
 ) -> None:
-    """Validation loss, bits per byte and the per-position loss curve (CSV, and PNG)."""
+    """Validation loss, bits per byte (or recall accuracy), the per-position loss curve (CSV,
+    and PNG) and the fast weights' drift and update size per LaCT layer."""
     from batchcraft.data.text import ByteBatches, load_corpus
     from batchcraft.recipes.lm import evaluate as eval_lm
-    from batchcraft.recipes.lm import load_lm
+    from batchcraft.recipes.lm import load_lm, with_ttt_updates
     from batchcraft.utils.io import check_writable_dir, write_json, write_text
 
+    updates = _ttt_flag(ttt)
+    if task not in ("text", "recall"):
+        raise typer.BadParameter(f"--task must be text or recall, got {task!r}")
     folder = out or checkpoint.parent
     check_writable_dir(folder)
     model = load_lm(checkpoint)
-    if data is not None:
+    if not updates:
+        if not (model.config.use_ttt and model.config.mixer == "lact"):
+            raise typer.BadParameter("--ttt off needs a LaCT model; this one has no fast weights")
+        model = with_ttt_updates(model, False)
+    recall = None
+    if task == "recall":
+        if text or data is not None:
+            raise typer.BadParameter("--task recall generates its data: drop --text/--data")
+        from batchcraft.recipes.lm import RecallSource
+
+        cfg = model.config
+        recall = _recall_task(pairs, gap, cfg.window_size or cfg.chunk_size, cfg.num_layers)
+        res = eval_lm(model, RecallSource(recall, batch, seed=seed).sequential(batches),
+                      diagnostics=True)  # fmt: skip
+    elif data is not None:
         if text:
             raise typer.BadParameter("give either --data (token shards) or --text, not both")
         from batchcraft.data.shards import TokenShards
@@ -227,7 +345,8 @@ def evaluate(
         shards = TokenShards(data)
         shards.check_vocab(model.config.vocab_size)
         va_s = shards.batches(batch, context, split="val")
-        res = eval_lm(model, va_s.sequential(batches), bytes_per_token=shards.bytes_per_token())
+        res = eval_lm(model, va_s.sequential(batches), bytes_per_token=shards.bytes_per_token(),
+                      diagnostics=True)  # fmt: skip
     else:
         if model.config.vocab_size != 256:
             raise typer.BadParameter(
@@ -236,10 +355,23 @@ def evaluate(
             )
         corpus = load_corpus(text, split="all" if text else "val", max_bytes=max_bytes)
         va = ByteBatches(corpus, batch_size=batch, context=context)
-        res = eval_lm(model, va.sequential(batches))
-    log.info(
-        f"loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte over {res['tokens']} tokens"
-    )
+        res = eval_lm(model, va.sequential(batches), diagnostics=True)
+    if recall is not None:
+        log.info(
+            f"recall ({recall.num_pairs} pairs >= {recall.min_distance} tokens back): answer "
+            f"accuracy {res['accuracy']:.4f} (chance {recall.chance_accuracy:.4f}), answer loss "
+            f"{res['loss']:.4f} nats (chance {recall.chance_loss:.3f}) over {res['tokens']} answers"
+        )
+    else:
+        log.info(
+            f"loss {res['loss']:.4f} nats/token, {res['bpb']:.4f} bits/byte over "
+            f"{res['tokens']} tokens"
+        )
+    if res.get("ttt"):
+        from batchcraft.recipes.lm import format_diagnostics
+
+        log.info(f"fast weights ({'updates on' if updates else 'updates off'}): "
+                 f"{format_diagnostics(res['ttt'])}")  # fmt: skip
     pp = res["per_position"]
     write_text(
         folder / "per_position.csv",

@@ -17,6 +17,7 @@ the logits at position ``t`` predict ``labels[t + 1]``). All randomness flows th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -180,6 +181,11 @@ class RecallBatches:
         """Batch number ``step``: ``(input_ids [B, T], labels [B, T])``."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         return self.task.sample(self.batch_size, generator=g)
+
+    def sequential(self, max_batches: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches ``0 .. max_batches - 1`` (default 1), e.g. of a held-out ``seed``."""
+        for i in range(1 if max_batches is None else max_batches):
+            yield self.get(i)
 
 
 def associative_recall(

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from batchcraft.data.synthetic import RecallTask
 from batchcraft.data.tokenizers import Tokenizer
 from batchcraft.models.lact_config import LaCTConfig
 from batchcraft.models.lact_lm import IGNORE_INDEX, LaCTForCausalLM, load_lact_lm
@@ -56,12 +57,16 @@ from batchcraft.utils.io import (
 from batchcraft.utils.progress import progress_bar
 
 __all__ = [
+    "TASKS",
     "LMBatch",
     "LMTrainSettings",
+    "RecallSource",
     "build_lm",
     "build_optimizer",
     "evaluate",
     "export_lm",
+    "fast_weight_diagnostics",
+    "format_diagnostics",
     "load_lm",
     "load_lm_checkpoint",
     "load_run_tokenizer",
@@ -69,11 +74,13 @@ __all__ = [
     "save_lm_checkpoint",
     "to_lm_batch",
     "train_lm",
+    "with_ttt_updates",
 ]
 
 log = logging.getLogger(__name__)
 
 PARALLEL = ("ddp", "fsdp")
+TASKS = ("text", "recall")  # next-token LM on text | multi-query associative recall
 TOKENIZER_DIR = "tokenizer"  # inside checkpoint and export folders
 
 
@@ -97,6 +104,7 @@ class LMTrainSettings:
     ckpt_every: int = 0  # 0: only at the end (when out_dir is set)
     parallel: str = "ddp"  # with torchrun: ddp (replicated) or fsdp (FSDP2, sharded)
     activation_checkpointing: bool = False  # recompute each block in the backward pass
+    task: str = "text"  # text (every next token scored) | recall (only the answers scored)
 
     # may change on resume: they change neither the batches nor the maths
     FREE: ClassVar[tuple[str, ...]] = (
@@ -116,6 +124,8 @@ class LMTrainSettings:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.schedule not in SCHEDULES:
@@ -173,6 +183,32 @@ def to_lm_batch(x: LMBatch | Tensor | tuple[Tensor, Tensor | None]) -> LMBatch:
 
     inputs, targets, cu = pack_batch(x, cu)
     return LMBatch(inputs, targets, cu)
+
+
+class RecallSource:
+    """A :class:`batchcraft.data.RecallTask` as a batch source of :func:`train_lm` and
+    :func:`evaluate`: batch ``i`` depends only on ``(seed, i)``; only the answers are scored.
+
+    Example::
+
+        task = RecallTask.for_window(window=16, num_layers=2, num_pairs=4)
+        train, val = RecallSource(task, 32, seed=0), RecallSource(task, 32, seed=10**6)
+    """
+
+    def __init__(self, task: RecallTask, batch_size: int, seed: int = 0) -> None:
+        self.task = task
+        self.data = task.batches(batch_size, seed=seed)
+        self.batch_size = batch_size
+        self.context = task.length - 1  # T: inputs drop the last token (it is only a target)
+
+    def get(self, step: int) -> LMBatch:
+        ids, labels = self.data.get(step)  # [B, T + 1] each; labels aligned with ids
+        return LMBatch(ids[:, :-1], labels[:, 1:])  # targets[:, t] follows inputs[:, t]
+
+    def sequential(self, max_batches: int | None = None) -> Iterator[LMBatch]:
+        """Batches ``0 .. max_batches - 1`` (default 1)."""
+        for i in range(1 if max_batches is None else max_batches):
+            yield self.get(i)
 
 
 class BatchSource(Protocol):
@@ -235,23 +271,32 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: LaCTForCausalLM, batches: Iterable[Any], *, bytes_per_token: float = 1.0
+    model: LaCTForCausalLM,
+    batches: Iterable[Any],
+    *,
+    bytes_per_token: float = 1.0,
+    diagnostics: bool = False,
 ) -> dict[str, Any]:
-    """Validation loss, bits per byte and the per-position loss curve.
+    """Validation loss, bits per byte, accuracy and the per-position loss curve.
 
     Args:
         model: the LM.
         batches: what a batch source yields (see :func:`to_lm_batch`).
         bytes_per_token: text bytes per token of the tokenizer (1 for bytes), so bits per byte
             compare across tokenizers.
+        diagnostics: also measure how the fast weights move over the first batch
+            (:func:`fast_weight_diagnostics`, at most 8 rows).
 
     Returns:
         ``{"loss": nats/token, "bits_per_token", "bpb": bits/byte, "tokens": n,
-        "per_position": [T] mean loss at each position}``.
+        "accuracy": share of scored targets that are the argmax prediction (the answer accuracy
+        of the recall task), "per_position": [T] mean loss at each position}``, and with
+        ``diagnostics`` ``"ttt"``: one dict per LaCT layer (``[]`` for models without one).
     """
     was = model.training
     model.eval()
-    total, count = 0.0, 0
+    total, count, hits = 0.0, 0, 0
+    ttt: list[dict[str, float]] | None = None
     pos_sum: Tensor | None = None
     pos_n: Tensor | None = None
     device = next(model.parameters()).device
@@ -264,6 +309,9 @@ def evaluate(
         scored = (b.targets != IGNORE_INDEX).to(nll.dtype)  # [B, T]
         total += float(nll.sum())
         count += int(scored.sum())
+        hits += int((logits.argmax(-1) == b.targets).sum())  # ignored targets (-100) never hit
+        if diagnostics and ttt is None:
+            ttt = fast_weight_diagnostics(model, b.inputs[:8])
         pos_sum = nll.sum(0) if pos_sum is None else pos_sum + nll.sum(0)
         pos_n = scored.sum(0) if pos_n is None else pos_n + scored.sum(0)
     model.train(was)
@@ -271,13 +319,57 @@ def evaluate(
         raise ValueError("evaluate got no scored tokens (no batches, or every target ignored)")
     loss = total / count
     per_pos = (pos_sum / pos_n.clamp_min(1)).masked_fill(pos_n == 0, float("nan"))
-    return {
+    out: dict[str, Any] = {
         "loss": loss,
         "bits_per_token": loss / math.log(2),
         "bpb": loss / math.log(2) / bytes_per_token,
         "tokens": count,
+        "accuracy": hits / count,
         "per_position": per_pos.tolist(),
     }
+    if ttt is not None:
+        out["ttt"] = ttt
+    return out
+
+
+DIAGNOSTICS = ("drift", "update_norm", "output_change")  # what the history and the CLI keep
+
+
+def fast_weight_diagnostics(model: LaCTForCausalLM, input_ids: Tensor) -> list[dict[str, float]]:
+    """How far each LaCT layer's fast weights move over ``input_ids [B, T]``.
+
+    One entry per layer with a LaCT TTT branch (``[]`` for attention-only and TTT-Linear
+    models): ``layer``; ``drift``, ``||W_n - W_0|| / ||W_0||`` after the ``n = T // C`` updates;
+    ``update_norm``, the mean relative size of one applied update ``||W_j+1 - W_j|| / ||W_j||``;
+    ``output_change``, ``||o_on - o_off|| / ||o_off||`` of the branch output, updates on vs off
+    (see :meth:`batchcraft.models.LaCTForCausalLM.ttt_diagnostics` for the rest). Packed
+    documents (``cu_seqlens``) are not split: the rows are read as whole sequences.
+    """
+    per_layer = model.ttt_diagnostics(input_ids)
+    return [{"layer": float(i), **d} for i, d in sorted(per_layer.items())]
+
+
+def format_diagnostics(ttt: list[dict[str, float]]) -> str:
+    """One line for logs: ``layer 0 drift 12.3% update 1.5%, layer 1 ...`` (``""`` if none)."""
+    return ", ".join(
+        f"layer {int(d['layer'])} drift {d['drift']:.2%} update {d['update_norm']:.2%}" for d in ttt
+    )
+
+
+def with_ttt_updates(model: LaCTForCausalLM, enabled: bool) -> LaCTForCausalLM:
+    """``model`` with its fast-weight updates switched on or off, the same parameters.
+
+    Off (``ttt_updates=False``), every LaCT layer's TTT branch is the static SwiGLU ``f_W0``:
+    the ablation of test-time training itself. Returns ``model`` when nothing changes, else a
+    new model (same device, dtype and train/eval mode) sharing no storage with it.
+    """
+    if model.config.ttt_updates == enabled:
+        return model
+    p = next(model.parameters())
+    with isolated_rng():  # the throw-away initialisation draws nothing from the caller's RNG
+        new = LaCTForCausalLM(dataclasses.replace(model.config, ttt_updates=enabled))
+    new.load_state_dict(model.state_dict())
+    return new.to(device=p.device, dtype=p.dtype).train(model.training)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -480,6 +572,7 @@ def train_lm(
     allow_change: bool = False,
     data_meta: Mapping[str, Any] | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
+    on_eval: Callable[[int, dict[str, Any]], None] | None = None,
     progress: str | None = None,
     stop_after: int | None = None,
     dist: DistInfo | None = None,
@@ -499,6 +592,8 @@ def train_lm(
         allow_change: resume even when settings differ from the checkpoint's.
         data_meta: description of the data (part of the guarded settings).
         on_step: ``fn(step, loss, tokens_per_s)`` after each step.
+        on_eval: ``fn(step, result)`` after each evaluation (periodic and final) with the
+            :func:`evaluate` result, including the fast-weight diagnostics (``"ttt"``).
         progress: show a progress display with this description.
         stop_after: stop (and checkpoint) after this global step, as if interrupted.
         dist: this rank (default: from the initialised process group, if any).
@@ -507,7 +602,10 @@ def train_lm(
         bytes_per_token: text bytes per token of the validation data (bits per byte).
 
     Returns:
-        ``{"history": [...], "final_eval": {...} | None, "step": last step}``.
+        ``{"history": [...], "final_eval": {...} | None, "step": last step}``. A history entry
+        of an evaluation step holds ``val`` (and ``val_accuracy``) and ``ttt``: per LaCT layer,
+        its fast-weight ``drift``, ``update_norm`` and ``output_change`` over the first
+        validation batch (:func:`fast_weight_diagnostics`; not measured under FSDP).
     """
     dist = dist or dist_info(next(model.parameters()).device)
     session = TrainSession(
@@ -533,6 +631,16 @@ def train_lm(
         if dist.is_main:
             log.info(f"resumed from {folder} at step {start}")
     model.train()
+    # diagnostics read the layers' weights directly: not possible on FSDP-sharded parameters
+    diag = type(next(model.parameters())).__name__ != "DTensor"
+
+    def run_eval(step: int, **kw: Any) -> dict[str, Any]:
+        assert val is not None
+        ev = evaluate(model, val.sequential(s.eval_batches), diagnostics=diag, **kw)
+        if on_eval is not None:
+            on_eval(step, ev)
+        return ev
+
     schedule = s.lr_schedule()
     end = s.steps if stop_after is None else min(s.steps, stop_after)
     evaluate_every = s.eval_every if val is not None else 0
@@ -576,8 +684,9 @@ def train_lm(
             tps = dist.world_size * int((batch.targets != IGNORE_INDEX).sum()) / max(dt, 1e-9)
             rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
             if evaluate_every and (step + 1) % evaluate_every == 0:
-                assert val is not None
-                rec["val"] = evaluate(model, val.sequential(s.eval_batches))["loss"]
+                ev = run_eval(step + 1)
+                rec["val"], rec["val_accuracy"] = ev["loss"], ev["accuracy"]
+                rec["ttt"] = [{k: d[k] for k in ("layer", *DIAGNOSTICS)} for d in ev.get("ttt", [])]
             history.append(rec)
             if progress:
                 bar.advance(1, loss=loss, tok_s=round(tps))
@@ -589,7 +698,7 @@ def train_lm(
     save(last)
     final = None
     if val is not None and last == s.steps:
-        final = evaluate(model, val.sequential(s.eval_batches), bytes_per_token=bytes_per_token)
+        final = run_eval(last, bytes_per_token=bytes_per_token)
     res = {"history": history, "final_eval": final, "step": last}
     session.write_json("history.json", {**res, "settings": session.settings})
     return res
