@@ -97,7 +97,6 @@ OUTSIDE = re.compile(
     r"spec §|shared/specs|\.\./shared/seed|CONVENTIONS\.md|/work/"
     r"|\bspecs?\s+(?:section\s+\d|\d+\.\d|test\s+\d|table\b|target\b|``|\w+\.md)|\bspec's\b"
 )
-PENDING: set[str] = set()  # files allowed to fail for now (strict xfail)
 
 
 def _text_files() -> list[str]:
@@ -107,15 +106,7 @@ def _text_files() -> list[str]:
     return sorted(str(f.relative_to(ROOT)) for f in files if f.is_file() and f.suffix != ".pyc")
 
 
-@pytest.mark.parametrize(
-    "rel",
-    [
-        pytest.param(r, marks=pytest.mark.xfail(strict=True, reason="pending on the lm branch"))
-        if r in PENDING
-        else r
-        for r in _text_files()
-    ],
-)
+@pytest.mark.parametrize("rel", _text_files())
 def test_no_reference_to_files_outside_the_repo(rel):
     text = (ROOT / rel).read_text(encoding="utf-8")
     hits = [
