@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from batchcraft.utils.bench import format_table, summary_rows
 
 
@@ -52,3 +54,20 @@ def test_results_dir_follows_env_then_checkout_then_user_cache(tmp_path, monkeyp
     assert results_dir().resolve() == checkout / "benchmarks" / "results"
     monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "mine"))  # bench --out sets it
     assert results_dir() == tmp_path / "mine"
+
+
+def test_process_memory_readers_see_an_allocation():
+    import sys
+
+    import pytest
+
+    from batchcraft.utils.bench import PeakRSS, proc_status_bytes, rss_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self (Linux)")
+    assert rss_bytes() > 0 and proc_status_bytes("VmRSS") > 0
+    assert proc_status_bytes("NoSuchField") is None
+    with PeakRSS() as rss:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert rss.peak > 32 * 2**20

@@ -36,7 +36,13 @@ from typing import Any
 import torch
 
 from batchcraft.registry import register_benchmark
-from batchcraft.utils.bench import matmul_peak_gflops, print_table, timeit, write_result
+from batchcraft.utils.bench import (
+    matmul_peak_gflops,
+    print_table,
+    proc_status_bytes,
+    timeit,
+    write_result,
+)
 
 PARAM = "blocks.1.attn.v.lora_B"  # as in the paper: the last block's V-projection LoRA-B
 
@@ -168,11 +174,10 @@ def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
 
 def _rss(field: str) -> int:
     """``VmRSS`` / ``VmHWM`` of this process in bytes."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    v = proc_status_bytes(field)
+    if v is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return v
 
 
 def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:

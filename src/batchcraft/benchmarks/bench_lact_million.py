@@ -21,9 +21,7 @@ Peak memory is the inputs (analytic) plus the peak resident-set growth during th
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -35,39 +33,20 @@ import torch.nn.functional as F
 from batchcraft.ops.lact import FastWeights, lact, lact_flops
 from batchcraft.ops.lact.streaming import streaming_apply, streaming_bidirectional, streaming_update
 from batchcraft.registry import register_benchmark
-from batchcraft.utils.bench import matmul_peak_gflops, print_table, write_result
+from batchcraft.utils.bench import PeakRSS, matmul_peak_gflops, print_table, write_result
 
 D = 256
 CHUNK = 8192
 POOL = 4
 
 
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
 def measure(fn: Callable[[], Any]) -> tuple[float, float]:
     """(seconds, peak RSS growth in MiB) of one call of ``fn``."""
-    base, peak, stop = _rss(), [0], threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.002)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    stop.set()
-    th.join()
-    peak[0] = max(peak[0], _rss())
-    return dt, max(0, peak[0] - base) / 2**20
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+    return dt, max(0, rss.peak) / 2**20
 
 
 def _weights(g: torch.Generator) -> FastWeights:

@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from batchcraft.registry import register_benchmark
-from batchcraft.utils.bench import print_table, write_result
+from batchcraft.utils.bench import PeakRSS, print_table, write_result
 
 D = 256
 PRESETS_FULL = ("tiny", "small")
@@ -44,34 +43,6 @@ MEM_CONTEXT = 128
 
 
 # ------------------------------------------------------------------ helpers
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-
-
-class _PeakRSS:
-    """Peak resident-set growth (bytes) while the block runs, sampled every 2 ms (Linux)."""
-
-    def __enter__(self) -> _PeakRSS:
-        self.base, self.peak, self._stop = _rss(), 0, threading.Event()
-        self._th = threading.Thread(target=self._sample, daemon=True)
-        self._th.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._th.join()
-        self.peak = max(self.peak, _rss()) - self.base
-
-
 def _launch(world: int, args: list[str], threads: int) -> None:
     """Run this script's worker mode on ``world`` torchrun ranks (a plain process for 1)."""
     import socket
@@ -183,7 +154,7 @@ def _worker_cp(out: Path, n_total: int) -> None:
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v, lr, *w0)]
     saved = SavedBytes(exclude=leaves)
     barrier()
-    with _PeakRSS() as rss:
+    with PeakRSS() as rss:
         t0 = time.perf_counter()
         with saved.saved_by_autograd():
             o = _bidir(*leaves[:4], leaves[4:], group)  # type: ignore[call-arg]  # 4 + w0 + group

@@ -34,20 +34,20 @@ from batchcraft.data.hetero_sbm import hetero_sbm
 from batchcraft.graph.hetero import canonicalize_relations
 from batchcraft.graph.rphgnn import naive_rphgnn_precompute, rphgnn_precompute
 from batchcraft.registry import register_benchmark
-from batchcraft.utils.bench import matmul_peak_gflops, print_table, timeit, write_result
+from batchcraft.utils.bench import (
+    matmul_peak_gflops,
+    print_table,
+    proc_status_bytes,
+    timeit,
+    write_result,
+)
 
 EMB = 64
 
 
 def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    v = proc_status_bytes(field)
+    return None if v is None else v // 1024
 
 
 def _reset_peak() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from batchcraft.utils.io import cache_dir, write_json
 
 __all__ = [
+    "PeakRSS",
     "Timing",
     "copy_bandwidth_gbs",
     "format_table",
@@ -28,7 +30,9 @@ __all__ = [
     "machine_description",
     "matmul_peak_gflops",
     "print_table",
+    "proc_status_bytes",
     "results_dir",
+    "rss_bytes",
     "summary_rows",
     "timeit",
     "write_result",
@@ -235,3 +239,46 @@ def summary_rows(name: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, An
             if _is_ratio_column(col) and isinstance(val, int | float) and not isinstance(val, bool):
                 out.append({"benchmark": name, "case": case, "quantity": col, "value": float(val)})
     return out
+
+
+# ------------------------------------------------------------------------- process memory
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes, or ``None``
+    where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class PeakRSS:
+    """Peak resident-set growth (``.peak``, bytes) while the block runs, sampled every 2 ms."""
+
+    def __enter__(self) -> PeakRSS:
+        self.base, self.peak, self._stop = rss_bytes(), 0, threading.Event()
+        self._th = threading.Thread(target=self._sample, daemon=True)
+        self._th.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._th.join()
+        self.peak = max(self.peak, rss_bytes()) - self.base
