@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = [
     "RopeTables",
@@ -98,8 +99,6 @@ def table_cache(enabled: bool) -> Iterator[None]:
 def _tracing() -> bool:
     """Inside a fake-tensor / dispatch mode (the memory planner's traces, torch.compile): the
     process-wide cache must neither hand out nor keep tensors of such a mode."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 
