@@ -104,7 +104,7 @@ def test_train_lm_records_diagnostics_at_eval_points():
     seen = []
     res = train_lm(build_lm(_cfg(), seed=0), RecallSource(TASK, 4), s,
                    val=RecallSource(TASK, 4, seed=9), on_eval=lambda i, ev: seen.append(i))  # fmt: skip
-    assert seen == [2, 4, 4]  # two periodic evaluations and the final one
+    assert seen == [2, 4]  # one periodic evaluation, then the final one (not run twice)
     evals = [h for h in res["history"] if "val" in h]
     assert [h["step"] for h in evals] == [2, 4]
     for h in evals:
@@ -112,6 +112,21 @@ def test_train_lm_records_diagnostics_at_eval_points():
         assert set(h["ttt"][0]) == {"layer", "drift", "update_norm", "output_change"}
         assert 0.0 <= h["val_accuracy"] <= 1.0
     assert res["final_eval"]["ttt"][1]["drift"] == evals[-1]["ttt"][1]["drift"]
+    assert res["final_eval"]["loss"] == evals[-1]["val"]
+
+
+def test_final_evaluation_lands_in_the_last_history_entry_and_the_checkpoint(tmp_path):
+    from batchcraft.utils.io import load_checkpoint
+
+    s = LMTrainSettings(steps=3, batch_size=4, context=TASK.length - 1, warmup=1, eval_every=2,
+                        eval_batches=1, task="recall")  # fmt: skip
+    seen = []
+    res = train_lm(build_lm(_cfg(), seed=0), RecallSource(TASK, 4), s, out_dir=tmp_path,
+                   val=RecallSource(TASK, 4, seed=9), on_eval=lambda i, ev: seen.append(i))  # fmt: skip
+    assert seen == [2, 3]
+    assert [h["step"] for h in res["history"] if "val" in h] == [2, 3]
+    saved = load_checkpoint(tmp_path / "checkpoint" / "train_state.safetensors")
+    assert saved["history"][-1]["val"] == res["final_eval"]["loss"]
 
 
 def test_settings_task_is_validated():

@@ -641,6 +641,10 @@ def train_lm(
             on_eval(step, ev)
         return ev
 
+    def record_eval(rec: dict[str, Any], ev: dict[str, Any]) -> None:
+        rec["val"], rec["val_accuracy"] = ev["loss"], ev["accuracy"]
+        rec["ttt"] = [{k: d[k] for k in ("layer", *DIAGNOSTICS)} for d in ev.get("ttt", [])]
+
     schedule = s.lr_schedule()
     end = s.steps if stop_after is None else min(s.steps, stop_after)
     evaluate_every = s.eval_every if val is not None else 0
@@ -683,10 +687,9 @@ def train_lm(
             dt = time.perf_counter() - t0
             tps = dist.world_size * int((batch.targets != IGNORE_INDEX).sum()) / max(dt, 1e-9)
             rec: dict[str, Any] = {"step": step + 1, "loss": loss, "tokens_per_s": tps}
-            if evaluate_every and (step + 1) % evaluate_every == 0:
-                ev = run_eval(step + 1)
-                rec["val"], rec["val_accuracy"] = ev["loss"], ev["accuracy"]
-                rec["ttt"] = [{k: d[k] for k in ("layer", *DIAGNOSTICS)} for d in ev.get("ttt", [])]
+            # the last step's figures come from the final evaluation below (run once, not twice)
+            if evaluate_every and (step + 1) % evaluate_every == 0 and step + 1 < s.steps:
+                record_eval(rec, run_eval(step + 1))
             history.append(rec)
             if progress:
                 bar.advance(1, loss=loss, tok_s=round(tps))
@@ -695,10 +698,12 @@ def train_lm(
             if s.ckpt_every and (step + 1) % s.ckpt_every == 0 and step + 1 < end:
                 save(step + 1)
     last = max(end, start)
-    save(last)
     final = None
-    if val is not None and last == s.steps:
+    if val is not None and last == s.steps:  # before the save, so the checkpoint's history has it
         final = run_eval(last, bytes_per_token=bytes_per_token)
+        if history and history[-1]["step"] == last:
+            record_eval(history[-1], final)
+    save(last)
     res = {"history": history, "final_eval": final, "step": last}
     session.write_json("history.json", {**res, "settings": session.settings})
     return res
