@@ -83,3 +83,20 @@ def test_settings_are_validated_and_the_quick_run_has_every_recall_arm():
         dataclasses.replace(lact_lm.QUICK.recall, steps=0)
     with pytest.raises(ValueError, match="context"):
         lact_lm.TextPart(window=64, context=64)
+
+
+def test_arms_give_the_same_figures_in_worker_processes_as_in_process(tmp_path, monkeypatch):
+    import batchcraft.utils.parallel as parallel
+
+    monkeypatch.setattr(lact_lm, "_settings", lambda quick: MICRO)
+    runs = []
+    for workers in (2, 1):
+        monkeypatch.setattr(parallel, "default_workers", lambda jobs, w=workers: min(w, jobs))
+        ctx = ExperimentContext(name="lact-lm", quick=True, out_dir=tmp_path / str(workers),
+                                seeds=[0])  # fmt: skip
+        runs.append(lact_lm.run(ctx).data)
+    two, one = runs
+    assert two["recall"]["acc"] == one["recall"]["acc"]
+    assert two["recall"]["curve"] == one["recall"]["curve"]
+    assert two["text"]["curves"] == one["text"]["curves"]
+    assert two["text"]["curves_eval_off"] == one["text"]["curves_eval_off"]

@@ -101,12 +101,15 @@ class TextPart:
     warmup: int = 10
     eval_batches: int = 8
     max_bytes: int = 2_000_000
+    inner_lr: float | None = None  # chunk-mean inner step; None: the preset's
     # Muon (3x the step time of plain descent) and TTT-Linear are left out of the quick text run
     arms: tuple[str, ...] = ("lact", "lact_off", "swa", "full_attention")
 
     def __post_init__(self) -> None:
         _check_positive(self, ("window", "context", "batch", "steps", "lr", "eval_batches",
                                "max_bytes"))  # fmt: skip
+        if self.inner_lr is not None and not 0 < self.inner_lr < float("inf"):
+            raise ValueError(f"inner_lr must be finite and > 0 (or None), got {self.inner_lr}")
         if self.context <= self.window:
             raise ValueError(f"context ({self.context}) must exceed window ({self.window})")
         _check_arms(self.arms, "text")
@@ -193,19 +196,18 @@ def _recall_eval(model: Any, task: Any, rows: int, seed: int) -> dict[str, Any]:
             "per_query": hit.mean(0).tolist()}  # fmt: skip
 
 
-def _train(ctx: ExperimentContext, model: Any, source: Any, s: Any, what: str) -> tuple[Any, float]:
+def _train(model: Any, source: Any, s: Any, report: Any) -> tuple[Any, float]:
     from batchcraft.recipes.lm import train_lm
 
     t0 = time.perf_counter()
-    with ctx.progress(s.steps, what) as bar:
-        out = train_lm(model, source, s, on_step=lambda i, lo, tps: bar.advance(1, loss=lo))
+    out = train_lm(model, source, s, on_step=lambda i, lo, tps: report(1, loss=lo))
     return out, time.perf_counter() - t0
 
 
-def _run_recall(ctx: ExperimentContext, st: RecallPart) -> dict[str, Any]:
-    from batchcraft.data.synthetic import RecallTask
-    from batchcraft.models.lact_config import lact_tiny
-    from batchcraft.models.lact_lm import count_parameters
+def _recall_job(
+    name: str, cfg: Any, task: Any, st: RecallPart, seed: int, device: str, report: Any
+) -> dict[str, Any]:
+    """Train and evaluate one recall arm (runs in a worker process or in the caller)."""
     from batchcraft.recipes.lm import (
         LMTrainSettings,
         RecallSource,
@@ -213,6 +215,73 @@ def _run_recall(ctx: ExperimentContext, st: RecallPart) -> dict[str, Any]:
         fast_weight_diagnostics,
         with_ttt_updates,
     )
+
+    model = build_lm(cfg, seed, device)
+    s = LMTrainSettings(steps=st.steps, batch_size=st.batch, context=task.length - 1, lr=st.lr,
+                        warmup=st.warmup, seed=seed, task="recall")  # fmt: skip
+    out, sec = _train(model, RecallSource(task, st.batch, seed), s, report)
+    ev = _recall_eval(model, task, st.eval_rows, seed=1_000_000 + seed)
+    res = {"seconds": sec, "eval": ev, "curve": [h["loss"] for h in out["history"]]}
+    if name in LACT:
+        probe, _ = task.sample(8, generator=torch.Generator().manual_seed(10_000 + seed))
+        res["diag"] = fast_weight_diagnostics(model, probe)
+        off = _recall_eval(with_ttt_updates(model, False), task, st.eval_rows,
+                           seed=1_000_000 + seed)  # fmt: skip
+        res["acc_eval_off"] = off["accuracy"]
+    return res
+
+
+def _text_job(name: str, cfg: Any, st: TextPart, seed: int, device: str, report: Any) -> dict:
+    """Train and evaluate one text arm (runs in a worker process or in the caller)."""
+    from batchcraft.data.text import ByteBatches
+    from batchcraft.recipes.lm import (
+        LMTrainSettings,
+        build_lm,
+        evaluate,
+        fast_weight_diagnostics,
+        with_ttt_updates,
+    )
+
+    train_c, val_c = _text_corpora(st)
+    va = ByteBatches(val_c, batch_size=st.batch, context=st.context, seed=seed)
+    model = build_lm(cfg, seed, device)
+    s = LMTrainSettings(steps=st.steps, batch_size=st.batch, context=st.context, lr=st.lr,
+                        warmup=st.warmup, seed=seed)  # fmt: skip
+    tr = ByteBatches(train_c, batch_size=st.batch, context=st.context, seed=seed)
+    _, sec = _train(model, tr, s, report)
+    ev = evaluate(model, va.sequential(st.eval_batches))
+    res = {"seconds": sec, "val": ev["loss"], "curve": ev["per_position"]}
+    if name in LACT:
+        probe = next(iter(va.sequential(1)))[:, :-1]
+        res["diag"] = fast_weight_diagnostics(model, probe)
+        off = evaluate(with_ttt_updates(model, False), va.sequential(st.eval_batches))
+        res["curve_eval_off"] = off["per_position"]
+    return res
+
+
+def _text_corpora(st: TextPart) -> tuple[Any, Any]:
+    from batchcraft.data.text import load_corpus
+
+    return (load_corpus(split="train", max_bytes=st.max_bytes),
+            load_corpus(split="val", max_bytes=max(st.max_bytes // 10, 200_000)))  # fmt: skip
+
+
+def _run_arms(
+    ctx: ExperimentContext, fn: Any, jobs: list[tuple[Any, ...]], steps: int, what: str
+) -> list[Any]:
+    """Every (arm, seed) job of one part, side by side on the CPU cores (one thread each)."""
+    from batchcraft.utils.parallel import default_workers, run_jobs
+
+    workers = default_workers(len(jobs)) if ctx.device.type == "cpu" else 1
+    with ctx.progress(steps * len(jobs), f"{what}: {len(jobs)} runs, {workers} at a time") as bar:
+        return run_jobs(fn, jobs, workers=workers, threads=1,
+                        on_progress=lambda i, n, f: bar.advance(n, **f))  # fmt: skip
+
+
+def _run_recall(ctx: ExperimentContext, st: RecallPart) -> dict[str, Any]:
+    from batchcraft.data.synthetic import RecallTask
+    from batchcraft.models.lact_config import lact_tiny
+    from batchcraft.models.lact_lm import count_parameters
 
     w = st.window
     base = lact_tiny(hidden_size=st.hidden_size, num_heads=st.num_heads,
@@ -227,72 +296,50 @@ def _run_recall(ctx: ExperimentContext, st: RecallPart) -> dict[str, Any]:
         "per_query": {m: [] for m in names}, "curve": {m: [] for m in names},
         "acc_eval_off": {}, "diag": {}, "seconds": {m: 0.0 for m in names},
     }  # fmt: skip
-    for seed in ctx.seeds:
-        probe, _ = task.sample(8, generator=torch.Generator().manual_seed(10_000 + seed))
-        for name, cfg in cfgs.items():
-            model = build_lm(cfg, seed, ctx.device)
-            s = LMTrainSettings(steps=st.steps, batch_size=st.batch, context=task.length - 1,
-                                lr=st.lr, warmup=st.warmup, seed=seed, task="recall")  # fmt: skip
-            out, sec = _train(ctx, model, RecallSource(task, st.batch, seed), s,
-                              f"recall {name} seed {seed}")  # fmt: skip
-            res["seconds"][name] += sec
-            ev = _recall_eval(model, task, st.eval_rows, seed=1_000_000 + seed)
-            res["acc"][name].append(ev["accuracy"])
-            res["loss"][name].append(ev["loss"])
-            res["per_query"][name].append(ev["per_query"])
-            res["curve"][name].append([h["loss"] for h in out["history"]])
-            if name in LACT:
-                res["diag"].setdefault(name, []).append(fast_weight_diagnostics(model, probe))
-                off = _recall_eval(with_ttt_updates(model, False), task, st.eval_rows,
-                                   seed=1_000_000 + seed)  # fmt: skip
-                res["acc_eval_off"].setdefault(name, []).append(off["accuracy"])
-            ctx.log(f"recall {name}: answer accuracy {ev['accuracy']:.3f} "
-                    f"(chance {task.chance_accuracy:.3f}), loss {ev['loss']:.3f}")  # fmt: skip
+    keys = [(name, seed) for seed in ctx.seeds for name in names]
+    jobs = [(n, cfgs[n], task, st, seed, str(ctx.device)) for n, seed in keys]
+    for (name, seed), out in zip(keys, _run_arms(ctx, _recall_job, jobs, st.steps, "recall"),
+                                 strict=True):  # fmt: skip
+        ev = out["eval"]
+        res["seconds"][name] += out["seconds"]
+        res["acc"][name].append(ev["accuracy"])
+        res["loss"][name].append(ev["loss"])
+        res["per_query"][name].append(ev["per_query"])
+        res["curve"][name].append(out["curve"])
+        if name in LACT:
+            res["diag"].setdefault(name, []).append(out["diag"])
+            res["acc_eval_off"].setdefault(name, []).append(out["acc_eval_off"])
+        ctx.log(f"recall {name} seed {seed}: answer accuracy {ev['accuracy']:.3f} "
+                f"(chance {task.chance_accuracy:.3f}), loss {ev['loss']:.3f}")  # fmt: skip
     return res
 
 
 def _run_text(ctx: ExperimentContext, st: TextPart) -> dict[str, Any]:
-    from batchcraft.data.text import ByteBatches, load_corpus
     from batchcraft.models.lact_config import get_preset
     from batchcraft.models.lact_lm import count_parameters
-    from batchcraft.recipes.lm import (
-        LMTrainSettings,
-        build_lm,
-        evaluate,
-        fast_weight_diagnostics,
-        with_ttt_updates,
-    )
 
-    w, t = st.window, st.context
-    base = get_preset(st.preset, chunk_size=w, window_size=w)
+    kw = {} if st.inner_lr is None else {"inner_lr": st.inner_lr}
+    base = get_preset(st.preset, chunk_size=st.window, window_size=st.window, **kw)
     cfgs = _arms(base, st.arms)
     names = list(cfgs)
-    train_c = load_corpus(split="train", max_bytes=st.max_bytes)
-    val_c = load_corpus(split="val", max_bytes=max(st.max_bytes // 10, 200_000))
+    train_c, val_c = _text_corpora(st)
     res: dict[str, Any] = {
         "arms": names, "params": {m: count_parameters(c) for m, c in cfgs.items()},
         "curves": {m: [] for m in names}, "val": {m: [] for m in names},
         "curves_eval_off": {}, "diag": {}, "seconds": {m: 0.0 for m in names},
         "train_mb": len(train_c) / 1e6, "val_mb": len(val_c) / 1e6, "inner_lr": base.inner_lr,
     }  # fmt: skip
-    for seed in ctx.seeds:
-        va = ByteBatches(val_c, batch_size=st.batch, context=t, seed=seed)
-        probe = next(iter(va.sequential(1)))[:, :-1]
-        for name, cfg in cfgs.items():
-            model = build_lm(cfg, seed, ctx.device)
-            s = LMTrainSettings(steps=st.steps, batch_size=st.batch, context=t, lr=st.lr,
-                                warmup=st.warmup, seed=seed)  # fmt: skip
-            tr = ByteBatches(train_c, batch_size=st.batch, context=t, seed=seed)
-            _, sec = _train(ctx, model, tr, s, f"text {name} seed {seed}")
-            res["seconds"][name] += sec
-            ev = evaluate(model, va.sequential(st.eval_batches))
-            res["curves"][name].append(ev["per_position"])
-            res["val"][name].append(ev["loss"])
-            if name in LACT:
-                res["diag"].setdefault(name, []).append(fast_weight_diagnostics(model, probe))
-                off = evaluate(with_ttt_updates(model, False), va.sequential(st.eval_batches))
-                res["curves_eval_off"].setdefault(name, []).append(off["per_position"])
-            ctx.log(f"text {name}: val {ev['loss']:.4f} nats/byte")
+    keys = [(name, seed) for seed in ctx.seeds for name in names]
+    jobs = [(n, cfgs[n], st, seed, str(ctx.device)) for n, seed in keys]
+    for (name, seed), out in zip(keys, _run_arms(ctx, _text_job, jobs, st.steps, "text"),
+                                 strict=True):  # fmt: skip
+        res["seconds"][name] += out["seconds"]
+        res["curves"][name].append(out["curve"])
+        res["val"][name].append(out["val"])
+        if name in LACT:
+            res["diag"].setdefault(name, []).append(out["diag"])
+            res["curves_eval_off"].setdefault(name, []).append(out["curve_eval_off"])
+        ctx.log(f"text {name} seed {seed}: val {out['val']:.4f} nats/byte")
     return res
 
 
@@ -350,13 +397,10 @@ def run(ctx: ExperimentContext) -> ExperimentResult:
     from batchcraft.utils.plot import pyplot
 
     st = _settings(ctx.quick)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: intra-op threads only add synchronisation
-    try:
-        rec = _run_recall(ctx, st.recall)
-        txt = _run_text(ctx, st.text)
-    finally:
-        torch.set_num_threads(threads)
+    # tiny matrices: intra-op threads only add synchronisation, so the arms run side by side,
+    # one process per core with one thread each (the same numbers as one after the other)
+    rec = _run_recall(ctx, st.recall)
+    txt = _run_text(ctx, st.text)
     r_arms, t_arms = rec["arms"], txt["arms"]
     r_lact, t_lact = [m for m in LACT if m in r_arms], [m for m in LACT if m in t_arms]
 
