@@ -48,7 +48,8 @@ def test_lact_lm_micro_report(tmp_path, monkeypatch):
     curves = {m: c[0] for m, c in d["text"]["curves"].items()}
     inside = {m: sum(c[:w]) / w for m, c in curves.items()}
     beyond = {m: sum(c[w:]) / (t - w) for m, c in curves.items()}
-    ok, gains = lact_lm.text_verdict(inside, beyond)
+    off = {m: sum(c[0][w:]) / (t - w) for m, c in d["text"]["curves_eval_off"].items()}
+    ok, gains = lact_lm.text_verdict(inside, beyond, off)
     assert ok == d["text_ok"] and gains.keys() == d["text_gains"].keys()
     assert all(gains[m] == pytest.approx(d["text_gains"][m]) for m in gains)
     r, x = any(d["recall_ok"].values()), any(d["text_ok"].values())
@@ -67,10 +68,15 @@ def test_verdict_rules_on_hand_made_figures():
     assert lact_lm.recall_verdict(near_off, chance)["lact"] is False
     inside = {"lact": 2.0, "lact_off": 2.0, "swa": 2.1}
     beyond = {"lact": 1.8, "lact_off": 1.9, "swa": 2.05}
-    ok, gains = lact_lm.text_verdict(inside, beyond)
+    eval_off = {"lact": 1.9}
+    ok, gains = lact_lm.text_verdict(inside, beyond, eval_off)
     assert ok == {"lact": True} and gains["lact"]["lact_off"] == pytest.approx(0.1)
+    assert gains["lact"]["eval_off"] == pytest.approx(0.1)
     # a gap that is as large inside the window (a training difference, not memory) fails
-    ok, _ = lact_lm.text_verdict({**inside, "lact_off": 2.1}, beyond)
+    ok, _ = lact_lm.text_verdict({**inside, "lact_off": 2.1}, beyond, eval_off)
+    assert ok == {"lact": False}
+    # a model whose loss does not move when its updates are switched off uses no memory
+    ok, _ = lact_lm.text_verdict(inside, beyond, {"lact": 1.802})
     assert ok == {"lact": False}
 
 
