@@ -45,10 +45,15 @@ def test_lact_lm_micro_report(tmp_path, monkeypatch):
     acc = {m: v[0] for m, v in d["recall"]["acc"].items()}
     assert lact_lm.recall_verdict(acc, d["chance"]) == d["recall_ok"]
     w, t = MICRO.text.window, MICRO.text.context
-    curves = {m: c[0] for m, c in d["text"]["curves"].items()}
+    assert d["text"]["seeds"] == [0, 1]  # the text part averages at least two seeds
+
+    def mean(runs):
+        return [sum(x) / len(x) for x in zip(*runs, strict=True)]
+
+    curves = {m: mean(c) for m, c in d["text"]["curves"].items()}
     inside = {m: sum(c[:w]) / w for m, c in curves.items()}
     beyond = {m: sum(c[w:]) / (t - w) for m, c in curves.items()}
-    off = {m: sum(c[0][w:]) / (t - w) for m, c in d["text"]["curves_eval_off"].items()}
+    off = {m: sum(mean(c)[w:]) / (t - w) for m, c in d["text"]["curves_eval_off"].items()}
     ok, gains = lact_lm.text_verdict(inside, beyond, off)
     assert ok == d["text_ok"] and gains.keys() == d["text_gains"].keys()
     assert all(gains[m] == pytest.approx(d["text_gains"][m]) for m in gains)
@@ -89,6 +94,18 @@ def test_settings_are_validated_and_the_quick_run_has_every_recall_arm():
         dataclasses.replace(lact_lm.QUICK.recall, steps=0)
     with pytest.raises(ValueError, match="context"):
         lact_lm.TextPart(window=64, context=64)
+    with pytest.raises(ValueError, match="inner_lr"):
+        lact_lm.TextPart(inner_lr=float("nan"))
+    with pytest.raises(ValueError, match="min_seeds"):
+        lact_lm.TextPart(min_seeds=0)
+
+
+def test_text_part_extends_the_seeds_to_its_minimum():
+    part = lact_lm.TextPart(min_seeds=2)
+    assert part.seeds([0]) == [0, 1]
+    assert part.seeds([5]) == [5, 6]
+    assert part.seeds([0, 1, 2]) == [0, 1, 2]  # more than the minimum: as asked
+    assert lact_lm.TextPart(min_seeds=1).seeds([3]) == [3]
 
 
 def test_arms_give_the_same_figures_in_worker_processes_as_in_process(tmp_path, monkeypatch):
