@@ -54,7 +54,9 @@ def test_lact_lm_micro_report(tmp_path, monkeypatch):
     inside = {m: sum(c[:w]) / w for m, c in curves.items()}
     beyond = {m: sum(c[w:]) / (t - w) for m, c in curves.items()}
     off = {m: sum(mean(c)[w:]) / (t - w) for m, c in d["text"]["curves_eval_off"].items()}
-    ok, gains = lact_lm.text_verdict(inside, beyond, off)
+    early = {m: sum(c[w : 2 * w]) / w for m, c in curves.items()}
+    late = {m: sum(c[t - t // 4 :]) / (t // 4) for m, c in curves.items()}
+    ok, gains = lact_lm.text_verdict(inside, beyond, off, early, late)
     assert ok == d["text_ok"] and gains.keys() == d["text_gains"].keys()
     assert all(gains[m] == pytest.approx(d["text_gains"][m]) for m in gains)
     r, x = any(d["recall_ok"].values()), any(d["text_ok"].values())
@@ -74,14 +76,20 @@ def test_verdict_rules_on_hand_made_figures():
     inside = {"lact": 2.0, "lact_off": 2.0, "swa": 2.1}
     beyond = {"lact": 1.8, "lact_off": 1.9, "swa": 2.05}
     eval_off = {"lact": 1.9}
-    ok, gains = lact_lm.text_verdict(inside, beyond, eval_off)
+    early = {"lact": 1.9, "lact_off": 1.9, "swa": 2.0}  # the gap to SWA: 0.1 past the window ...
+    late = {"lact": 1.7, "lact_off": 1.9, "swa": 2.0}  # ... 0.3 in the last quarter
+    ok, gains = lact_lm.text_verdict(inside, beyond, eval_off, early, late)
     assert ok == {"lact": True} and gains["lact"]["lact_off"] == pytest.approx(0.1)
     assert gains["lact"]["eval_off"] == pytest.approx(0.1)
+    assert gains["lact"]["swa_growth"] == pytest.approx(0.2)
     # a gap that is as large inside the window (a training difference, not memory) fails
-    ok, _ = lact_lm.text_verdict({**inside, "lact_off": 2.1}, beyond, eval_off)
+    ok, _ = lact_lm.text_verdict({**inside, "lact_off": 2.1}, beyond, eval_off, early, late)
     assert ok == {"lact": False}
     # a model whose loss does not move when its updates are switched off uses no memory
-    ok, _ = lact_lm.text_verdict(inside, beyond, {"lact": 1.802})
+    ok, _ = lact_lm.text_verdict(inside, beyond, {"lact": 1.802}, early, late)
+    assert ok == {"lact": False}
+    # a gap to SWA that does not open with position is not the paper's effect
+    ok, _ = lact_lm.text_verdict(inside, beyond, eval_off, early, {**late, "lact": 1.9})
     assert ok == {"lact": False}
 
 
