@@ -114,7 +114,7 @@ def run_experiments(
                 error=f"{type(exc).__name__}: {exc}",
                 traceback=traceback.format_exc(),
             )
-            console.print(f"[red]{escape(f'{spec.name} failed: {exc}')}[/red]")
+            console.print(f"[red]{escape(f'{spec.name} failed: {exc}')}[/red]", markup=True)
         record["seconds"] = time.time() - t0
         write_json(path, record)
         records[spec.name] = record

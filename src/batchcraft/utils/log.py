@@ -12,7 +12,9 @@ __all__ = ["LOGGER_NAME", "configure_logging", "console", "get_logger", "is_quie
 
 LOGGER_NAME = "batchcraft"
 
-console = Console(stderr=True, soft_wrap=True)  # log lines never wrap mid-sentence
+# log lines never wrap mid-sentence; text is printed as given (a "[name]" prefix or a path with
+# brackets is not a style tag): the few styled lines ask for markup=True themselves
+console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def get_logger(name: str = LOGGER_NAME) -> logging.Logger:
