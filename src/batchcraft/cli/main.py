@@ -216,9 +216,9 @@ def reproduce(
 
     if list_:
         for name, spec in experiments().items():
-            console.print(
-                f"{name:22s} ~{spec.quick_minutes:.0f} min  {spec.claim}", highlight=False
-            )
+            t = spec.quick_minutes
+            took = "<1 min" if t < 1 else f"~{t:.0f} min"
+            console.print(f"{name:22s} {took:>7s}  {spec.claim}", highlight=False)
         return
     from batchcraft.utils.io import check_writable_dir
 

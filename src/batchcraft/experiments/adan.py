@@ -207,7 +207,7 @@ def _plot(
     "adan",
     paper="Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep Models (arXiv 2208.06677)",
     claim="Adan reaches AdamW's result in about half the training steps.",
-    quick_minutes=2.0,
+    quick_minutes=0.7,
     full_setting="full Fashion-MNIST / 16 MiB of stdlib bytes, 3000 steps, wider models",
     order=30,
 )

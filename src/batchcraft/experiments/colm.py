@@ -80,7 +80,7 @@ def _macro(ev: dict[int, tuple[float, float]], qs: list[int], k: int) -> float:
     "(CoLM, ICLR 2025, arXiv 2407.19580)",
     claim="A CoLM coreset of b examples from a pool of B trains better than random mini-batches, "
     "matching or beating 4x larger ones, at small-batch memory.",
-    quick_minutes=3,
+    quick_minutes=0.6,
     full_setting="b=32 of B=64, 600 steps, d_model 64, all twelve arms (adds loss- and gradient-norm-based online selection)",
     order=60,
 )

@@ -286,7 +286,7 @@ def compare_arms(res: dict[str, list[dict[str, Any]]]) -> Comparison:
     paper="Sahayam, Zakkam, Jayaraman: Can we learn better with hard samples? (arXiv 2304.03486)",
     claim="Training on the highest-loss mini-batches (fraction delta per round) at the same step "
     "budget generalises faster and reaches higher test accuracy than plain mini-batch training.",
-    quick_minutes=3.0,
+    quick_minutes=2.3,
     full_setting="full Fashion-MNIST 28x28 (60k/10k), batch 128, 20 'epochs' of b steps, "
     "delta in {0.2, 0.5, 0.8, 1}, a reshuffled standard loop, random and Selective-Backprop "
     "controls, seeds as given (>= 3)",

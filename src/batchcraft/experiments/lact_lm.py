@@ -421,7 +421,7 @@ def text_verdict(
     claim="LaCT's fast weights carry information beyond the attention window: associative "
     "recall far above chance where SWA is at chance and LaCT with updates off falls back, and "
     "a per-position loss below its updates-off ablation beyond the window (Fig. 5)",
-    quick_minutes=16,
+    quick_minutes=19,
     full_setting="recall: d 128, 8 pairs, 1500 steps; text: lact_small, C = W = 64, inner lr 3.2, "
     "context 512, 2000 steps x 16 windows, all six arms",
     order=20,

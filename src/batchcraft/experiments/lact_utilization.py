@@ -33,7 +33,7 @@ def _verdict(ratio: float) -> str:
     paper="Test-Time Training Done Right (LaCT), arXiv 2505.23884",
     claim="Large chunks (2K+ tokens) raise the hardware utilisation of test-time training by orders "
     "of magnitude over small (16-token) chunks (Fig. 1).",
-    quick_minutes=2.0,
+    quick_minutes=0.2,
     full_setting="T=16K, D in {128, 256, 512}, C in {16..4096}, forward and forward+backward",
     order=10,
 )

@@ -191,7 +191,7 @@ def _plot(
     paper="Ba, Kiros, Hinton: Layer Normalization (arXiv 1607.06450)",
     claim="Layer normalisation speeds up the training of recurrent networks (LSTM and GRU) and, "
     "unlike batch normalisation, does not depend on the mini-batch size.",
-    quick_minutes=3,
+    quick_minutes=0.8,
     full_setting="Fashion-MNIST 20k/2k rows-as-steps H=128 and stdlib char-LM (2 MB, T=100, H=256), "
     "2000 Adam steps each, MLP LN vs BN 20 epochs; all seeds given",
     order=40,

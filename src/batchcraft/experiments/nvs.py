@@ -129,7 +129,7 @@ def _evaluate(model: NVSModel, test: SceneViews, n_in: int, batch: int = 16) -> 
     paper="Test-Time Training Done Right (LaCT), arXiv 2505.23884",
     claim="LaCT-NVS matches full attention at equal parameters on novel view synthesis, with "
     "render cost independent of the number of input views (§5.1)",
-    quick_minutes=5,
+    quick_minutes=3,
     full_setting="1024 train scenes, 3000 steps, batch 8, 128 test scenes, timing up to 128 views",
     order=25,
 )

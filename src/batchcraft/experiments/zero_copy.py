@@ -105,7 +105,7 @@ class ZeroCopyExperimentSettings:
     "Architecture (PyTorch-Direct, PVLDB 2021, arXiv 2103.03330)",
     claim="GPU threads gathering node features directly from pinned host memory (128-B aligned, "
     "overlapped with training) make GNN training 65-92% faster than CPU gathering + copy.",
-    quick_minutes=2,
+    quick_minutes=0.2,
     full_setting="power-law graph 1M nodes, mean degree 15, F=128 fp32 (0.5 GB), fan-outs 25,10, "
     "batch 1024, hidden 256, 40 batches per path",
     order=70,
