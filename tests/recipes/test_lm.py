@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from batchcraft.cli.main import app
@@ -302,35 +301,6 @@ def test_load_text_splits_rules(tmp_path):
     assert bytes(va.data[:-1].tolist()) == b"b" * 100
     tr2, va2 = load_text_splits([f], val_text=[f])
     assert len(tr2) == len(va2) == 1001
-
-
-BAD_LM = [
-    ["lm", "train", "--chunk", "0"],
-    ["lm", "train", "--steps", "-1"],
-    ["lm", "train", "--lr", "nan"],
-    ["lm", "train", "--lr", "-0.1"],
-    ["lm", "train", "--val-fraction", "1.5"],
-    ["lm", "train", "--model", "mamba"],
-    ["lm", "train", "--preset", "huge"],
-    ["lm", "train", "--optimizer", "nope"],
-    ["lm", "train", "--schedule", "linear"],
-    ["lm", "train", "--text", "{tmp}/missing.txt"],
-    ["lm", "train", "--text", "{tmp}/short.txt", "--context", "256"],
-    ["lm", "train", "--out", "{tmp}/short.txt"],
-    ["lm", "train", "--out", "{tmp}/short.txt/sub"],
-    ["lm", "eval", "--checkpoint", "{tmp}"],
-    ["lm", "eval", "--checkpoint", "{tmp}/missing"],
-    ["lm", "generate", "--checkpoint", "{tmp}/missing"],
-    ["lm", "generate", "--checkpoint", "{tmp}", "--top-k", "0"],
-    ["lm", "generate", "--checkpoint", "{tmp}", "--temperature", "nan"],
-]
-
-
-@pytest.mark.parametrize("args", BAD_LM, ids=lambda a: " ".join(a[1:]))
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, args):
-    (tmp_path / "short.txt").write_text("tiny")
-    res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
-    assert_one_line_error(res)
 
 
 def test_cli_resume_with_muon_is_refused(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from batchcraft.cli.main import app
@@ -178,23 +177,3 @@ def test_cli_ttt_off_trains_the_ablation_and_resume_guards_ttt_and_task(tmp_path
     with pytest.raises(ResumeError, match=r"train\.task: 'text' -> 'recall'"):  # the Python API
         train_lm(build_lm(_cfg(), 0), RecallSource(TASK, 2), s2, out_dir=tmp_path / "p",
                  resume=True)  # fmt: skip
-
-
-BAD = [
-    ["lm", "train", "--ttt", "maybe"],
-    ["lm", "train", "--task", "copy"],
-    ["lm", "train", "--task", "recall", "--pairs", "0"],
-    ["lm", "train", "--task", "recall", "--pairs", "64"],
-    ["lm", "train", "--task", "recall", "--text", "{tmp}"],
-    ["lm", "train", "--model", "swa", "--ttt", "off"],
-    ["lm", "train", "--inner-lr", "0"],
-    ["lm", "train", "--inner-lr", "inf"],
-    ["lm", "eval", "--checkpoint", "{tmp}", "--ttt", "no"],
-    ["lm", "eval", "--checkpoint", "{tmp}", "--task", "copy"],
-]
-
-
-@pytest.mark.parametrize("args", BAD, ids=lambda a: " ".join(a[1:]))
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, args):
-    res = runner.invoke(app, [a.format(tmp=tmp_path) for a in args])
-    assert_one_line_error(res)
