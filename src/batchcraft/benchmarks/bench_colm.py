@@ -37,9 +37,10 @@ import torch
 
 from batchcraft.registry import register_benchmark
 from batchcraft.utils.bench import (
+    PeakRSS,
     matmul_peak_gflops,
     print_table,
-    proc_status_bytes,
+    rss_bytes,
     timeit,
     write_result,
 )
@@ -172,14 +173,6 @@ def _step_rows(sz: dict[str, int]) -> list[dict[str, Any]]:
     return rows
 
 
-def _rss(field: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process in bytes."""
-    v = proc_status_bytes(field)
-    if v is None:
-        raise RuntimeError(f"{field} not in /proc/self/status")
-    return v
-
-
 def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:
     """Run in a fresh process: print the peak memory increment of ``name``'s training loop."""
     from batchcraft.recipes.colm import ColmTrainer
@@ -207,16 +200,15 @@ def _memory_child(name: str, quick: bool, model_name: str = "tiny") -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    else:
-        before = _rss("VmRSS")
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")  # reset the peak-RSS high-water mark (Linux >= 4.0)
-    for p in pools[1:]:
-        trainer.step(p)
+    with PeakRSS() as rss:  # CPU: the kernel's high-water mark, reset on entry
+        for p in pools[1:]:
+            trainer.step(p)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - before
+    elif rss_bytes():
+        peak = rss.peak
     else:
-        peak = _rss("VmHWM") - before
+        raise RuntimeError("peak RSS needs Linux /proc/self (not readable here)")
     print(
         json.dumps({"arm": name, "peak_bytes": max(peak, 0), "device": "cuda" if cuda else "cpu"})
     )

@@ -35,28 +35,15 @@ from batchcraft.graph.hetero import canonicalize_relations
 from batchcraft.graph.rphgnn import naive_rphgnn_precompute, rphgnn_precompute
 from batchcraft.registry import register_benchmark
 from batchcraft.utils.bench import (
+    PeakRSS,
     matmul_peak_gflops,
     print_table,
-    proc_status_bytes,
+    rss_bytes,
     timeit,
     write_result,
 )
 
 EMB = 64
-
-
-def _rss_kib(field: str) -> int | None:
-    v = proc_status_bytes(field)
-    return None if v is None else v // 1024
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def _projection_flops(data: Any, K: int) -> float:
@@ -79,17 +66,15 @@ def _graph(num_papers: int) -> Any:
 
 def _run(data: Any, K: int, chunk_rows: int | None = 65536) -> dict[str, Any]:
     g = data.graph
-    before = _rss_kib("VmRSS")
-    ok = _reset_peak()
     t0 = time.perf_counter()
-    out = rphgnn_precompute(
-        g.x_dict, g.edge_index_dict, g.num_nodes_dict, data.target, num_iterations=K,
-        embedding_size=EMB, generator=torch.Generator().manual_seed(1), chunk_rows=chunk_rows,
-    )  # fmt: skip
+    with PeakRSS() as rss:
+        out = rphgnn_precompute(
+            g.x_dict, g.edge_index_dict, g.num_nodes_dict, data.target, num_iterations=K,
+            embedding_size=EMB, generator=torch.Generator().manual_seed(1), chunk_rows=chunk_rows,
+        )  # fmt: skip
     dt = time.perf_counter() - t0
-    peak = _rss_kib("VmHWM") if ok else None
     stored = sum(t.numel() * t.element_size() for t in out.values())
-    mem = (peak - before) / 1024 if (peak is not None and before is not None) else float("nan")
+    mem = rss.peak / 2**20 if rss_bytes() else float("nan")  # nan where RSS cannot be read
     return {"seconds": dt, "stored_MiB": stored / 2**20, "peak_rss_growth_MiB": mem}
 
 
